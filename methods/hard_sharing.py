@@ -1,0 +1,23 @@
+"""Hard parameter sharing: one backbone shared by all tasks, one head per task."""
+from torch import nn
+
+from mtlbench.model import MTLModel
+from mtlbench.registry import ARCHS
+
+
+@ARCHS.register("hard_sharing")
+class HardSharing(MTLModel):
+    def __init__(self, backbone_fn, tasks):
+        super().__init__(tasks)
+        self.backbone = backbone_fn()
+        self.heads = nn.ModuleDict({t.name: t.make_head(self.backbone.out_channels) for t in tasks})
+
+    def forward_tasks(self, x, tasks):
+        feats = self.backbone(x)
+        return {t: self.heads[t](feats) for t in tasks}
+
+    def shared_parameters(self):
+        return list(self.backbone.parameters())
+
+    def task_parameters(self, task):
+        return list(self.backbone.parameters()) + list(self.heads[task].parameters())

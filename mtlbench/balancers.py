@@ -1,0 +1,41 @@
+"""The balancer interface: turn per-task losses into one update.
+
+A balancer (registered in ``BALANCERS``) is an ``nn.Module`` built as
+``Balancer(task_names, **cfg)``; its own learnable parameters (e.g. uncertainty
+weighting's log-variances) are optimised with the model's.
+
+``backward(losses, model)`` performs the backward pass and returns the scalar loss
+(detached). Loss-weighting methods only override ``combine``; gradient methods
+(which need per-task gradients of ``model.shared_parameters()``) override ``backward``.
+``epoch_end(train_losses)`` receives the epoch-average training loss per task
+(DWA needs them) and returns what to log for the epoch.
+
+A task absent from a batch has an exact zero loss (see ``mtlbench.tasks``).
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+
+
+class Balancer(nn.Module):
+    def __init__(self, task_names: Sequence[str]):
+        super().__init__()
+        self.task_names = list(task_names)
+
+    def combine(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(self, losses: Dict[str, torch.Tensor], model) -> torch.Tensor:
+        loss = self.combine(losses)
+        loss.backward()
+        return loss.detach()
+
+    def epoch_end(self, train_losses: Dict[str, float]) -> dict:
+        return self.log_state()
+
+    def log_state(self) -> dict:
+        """Per-epoch state worth recording (weights, learned σ...)."""
+        return {}

@@ -1,0 +1,155 @@
+"""Command line: ``python -m mtlbench {run,report,list,bench} [overrides...]``.
+
+Hydra owns argv for ``run`` (so ``-m`` sweeps and launchers work); this dispatcher
+pops the subcommand first. Known errors become one line on stderr (exit 2), never a
+traceback from deep inside.
+"""
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from typing import List, Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .data import DataError
+from .registry import ALL, RegistryError
+from .store import StoreError
+from .trainer import TrainingError
+
+USAGE = """usage: python -m mtlbench <command> [key=value ...]
+
+commands:
+  run      train and evaluate: python -m mtlbench run method=stl dataset=multimnist seed=1
+           sweeps: python -m mtlbench run -m method=stl,hard_sharing seed=0,1,2 profile=tiny
+  report   summarise a dataset's runs: python -m mtlbench report dataset=multimnist [baseline=stl]
+  list     what is registered (archs, balancers, procedures, backbones, datasets) and the presets
+  bench    benchmarks: python -m mtlbench bench overhead
+"""
+
+KNOWN_ERRORS = (RegistryError, DataError, StoreError, TrainingError, ValueError, TypeError, FileNotFoundError)
+CONFIG_GROUPS = ("method", "dataset", "arch", "balancer", "procedure", "backbone", "profile", "trainer")
+
+_failures: List[str] = []
+
+
+def fail(msg: str) -> int:
+    print(f"mtlbench: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
+def config_options(group: str) -> List[str]:
+    root = resources.files("mtlbench.conf") / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_group_overrides(args: List[str]) -> Optional[str]:
+    """One-line message for ``group=value`` naming an option that does not exist."""
+    if any(a.startswith(("hydra.searchpath", "+hydra.searchpath")) for a in args):
+        return None
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or key not in CONFIG_GROUPS or any(ch in value for ch in "()[]*$"):
+            continue
+        known = config_options(key)
+        for v in value.split(","):
+            if v and v not in known:
+                return f"unknown {key} '{v}'; known {key}s: {', '.join(known)}"
+    return None
+
+
+@hydra.main(config_path="conf", config_name="config", version_base=None)
+def _hydra_run(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .run import execute
+
+    hc = HydraConfig.get()
+    files = {"overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))),
+             "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}))}
+    try:
+        execute(cfg, hydra_files=files)
+    except KNOWN_ERRORS as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if hc.mode == RunMode.MULTIRUN:  # keep the sweep going; report at the end
+            _failures.append(msg)
+            fail(f"{msg} (job {hc.job.num}; sweep continues)")
+            return
+        raise SystemExit(fail(msg))
+
+
+def run_cli(args: List[str]) -> int:
+    msg = check_group_overrides(args)
+    if msg:
+        return fail(msg)
+    _failures.clear()
+    saved = sys.argv
+    sys.argv = ["mtlbench run", *args]
+    try:
+        _hydra_run()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc.code)
+    finally:
+        sys.argv = saved
+    if _failures:
+        return fail(f"{len(_failures)} job(s) of the sweep failed (see above)")
+    return 0
+
+
+def report_cli(args: List[str]) -> int:
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    from .report import ReportError, write_report
+
+    try:
+        with initialize_config_module("mtlbench.conf", version_base=None):
+            cfg = compose("report", overrides=args)
+        c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except HydraException as exc:
+        return fail(str(exc).splitlines()[0])
+    except Exception as exc:  # OmegaConf's MissingMandatoryValue and friends
+        if "dataset" in str(exc):
+            return fail("report needs dataset=<name>, e.g. python -m mtlbench report dataset=multimnist")
+        return fail(str(exc).splitlines()[0])
+    try:
+        out = write_report(c["results_dir"], c["reports_dir"], c["dataset"], c["baseline"],
+                           c.get("methods"), c.get("split", "test"))
+    except (ReportError, StoreError) as exc:
+        return fail(str(exc))
+    print((out / "summary.md").read_text())
+    print(f"[mtlbench] report written to {out}/summary.csv and summary.md")
+    return 0
+
+
+def list_cli(args: List[str]) -> int:
+    for kind, reg in ALL.items():
+        print(f"{kind}s: {', '.join(reg.names())}")
+    print(f"methods (presets): {', '.join(config_options('method'))}")
+    print(f"profiles: {', '.join(config_options('profile'))}")
+    return 0
+
+
+def bench_cli(args: List[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+COMMANDS = {"run": run_cli, "report": report_cli, "list": list_cli, "bench": bench_cli}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        return fail(f"unknown command '{cmd}'; commands: {', '.join(COMMANDS)} (python -m mtlbench --help)")
+    try:
+        return COMMANDS[cmd](rest)
+    except RegistryError as exc:
+        return fail(str(exc))

@@ -1,0 +1,52 @@
+"""Procedures drive one or more trainer runs (registered in ``PROCEDURES``).
+
+A procedure is built as ``Procedure(**cfg)`` and called with a ``RunContext``; it
+returns a ``ProcedureResult``. ``single`` (the default) is one ``Trainer.fit``.
+Multi-phase methods (AdaShare) and multi-run searches (task grouping) compose their
+phases from ``ctx.build_model`` / ``ctx.build_balancer`` / ``ctx.trainer`` the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
+
+from .data import MTLData
+from .registry import PROCEDURES
+from .trainer import FitResult, Trainer
+
+
+@dataclass
+class RunContext:
+    cfg: dict                      # the resolved run config (plain dict)
+    data: MTLData
+    seed: int
+    build_model: Callable          # (tasks) -> MTLModel
+    build_balancer: Callable       # (task_names) -> Balancer
+    make_trainer: Callable[..., Trainer]   # (**overrides of trainer config) -> Trainer
+    log_epoch: Callable[[dict], None]      # append a row to metrics.jsonl
+
+
+@dataclass
+class ProcedureResult:
+    """What a run reports: the fit of the deployed model plus procedure-specific extras
+    (recorded in run.json under ``procedure_info``)."""
+    fit: FitResult
+    model: object
+    info: dict = field(default_factory=dict)
+
+
+class Procedure:
+    def __call__(self, ctx: RunContext) -> ProcedureResult:
+        raise NotImplementedError
+
+
+@PROCEDURES.register("single")
+class Single(Procedure):
+    """One training run of the configured architecture and balancer."""
+
+    def __call__(self, ctx: RunContext) -> ProcedureResult:
+        model = ctx.build_model(ctx.data.tasks)
+        balancer = ctx.build_balancer(ctx.data.task_names)
+        trainer = ctx.make_trainer()
+        fit = trainer.fit(model, balancer, ctx.data, seed=ctx.seed, on_epoch=ctx.log_epoch)
+        return ProcedureResult(fit=fit, model=model)
