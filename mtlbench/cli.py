@@ -80,8 +80,23 @@ def _hydra_run(cfg: DictConfig) -> None:
         raise SystemExit(fail(msg))
 
 
+def precompose(args: List[str]) -> Optional[str]:
+    """Compose a single run's config up front so a bad override is one line, not Hydra's report."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    if any(a.startswith("-") for a in args):  # -m, --cfg, --help...: Hydra's own handling
+        return None
+    try:
+        with initialize_config_module("mtlbench.conf", version_base=None):
+            compose("config", overrides=args)
+    except HydraException as exc:
+        return " ".join(line.strip() for line in str(exc).splitlines()[:2])
+    return None
+
+
 def run_cli(args: List[str]) -> int:
-    msg = check_group_overrides(args)
+    msg = check_group_overrides(args) or precompose(args)
     if msg:
         return fail(msg)
     _failures.clear()
@@ -99,21 +114,23 @@ def run_cli(args: List[str]) -> int:
 
 
 def report_cli(args: List[str]) -> int:
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from .report import ReportError, write_report
 
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        return fail(f"report takes key=value overrides (got {bad[0]!r}); "
+                    f"e.g. python -m mtlbench report dataset=multimnist baseline=stl")
+    base = OmegaConf.create(resources.files("mtlbench.conf").joinpath("report.yaml").read_text())
+    OmegaConf.set_struct(base, True)
     try:
-        with initialize_config_module("mtlbench.conf", version_base=None):
-            cfg = compose("report", overrides=args)
+        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(args))
         c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except HydraException as exc:
-        return fail(str(exc).splitlines()[0])
-    except Exception as exc:  # OmegaConf's MissingMandatoryValue and friends
-        if "dataset" in str(exc):
+    except OmegaConfBaseException as exc:
+        if "dataset" in str(exc) and "Missing" in type(exc).__name__:
             return fail("report needs dataset=<name>, e.g. python -m mtlbench report dataset=multimnist")
-        return fail(str(exc).splitlines()[0])
+        return fail(f"{str(exc).splitlines()[0]}; report keys: {', '.join(base.keys())}")
     try:
         out = write_report(c["results_dir"], c["reports_dir"], c["dataset"], c["baseline"],
                            c.get("methods"), c.get("split", "test"))

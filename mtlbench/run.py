@@ -108,6 +108,7 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
     method, dataset, seed = method_name(c), c["dataset"]["name"], int(c["seed"])
     for reg, node in ((ARCHS, "arch"), (BALANCERS, "balancer"), (PROCEDURES, "procedure"), (DATASETS, "dataset")):
         reg.get(c[node]["name"])  # unknown names fail here, before anything is written
+    Trainer(**c["trainer"])  # so do bad trainer settings
     run_id = f"s{seed}-{config_hash(c)}"
     folder = RunFolder(c["results_dir"], dataset, method, run_id)
     if folder.is_completed():
