@@ -6,6 +6,7 @@ traceback from deep inside.
 """
 from __future__ import annotations
 
+import os
 import sys
 from importlib import resources
 from typing import List, Optional
@@ -35,6 +36,7 @@ _failures: List[str] = []
 
 
 def fail(msg: str) -> int:
+    """Print one line on stderr (set MTLBENCH_DEBUG=1 to get tracebacks instead)."""
     print(f"mtlbench: error: {msg}", file=sys.stderr, flush=True)
     return 2
 
@@ -72,6 +74,8 @@ def _hydra_run(cfg: DictConfig) -> None:
     try:
         execute(cfg, hydra_files=files)
     except KNOWN_ERRORS as exc:
+        if os.environ.get("MTLBENCH_DEBUG"):
+            raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if hc.mode == RunMode.MULTIRUN:  # keep the sweep going; report at the end
             _failures.append(msg)

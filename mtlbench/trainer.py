@@ -40,6 +40,17 @@ class FitResult:
     extra: dict = field(default_factory=dict)
 
 
+def _positive_int(key: str, value) -> int:
+    try:
+        v = int(value)
+        ok = v == value and v >= 1 and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"trainer.{key} must be a positive integer (got {value!r})")
+    return v
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,12 +66,11 @@ class Trainer:
                  max_steps_per_epoch: Optional[int] = None, optimizer=None, scheduler=None,
                  selection: str = "last", grad_clip: Optional[float] = None, progress: bool = True,
                  device: str = "auto", check_finite: bool = True):
-        if epochs < 1:
-            raise ValueError(f"trainer.epochs must be >= 1 (got {epochs})")
-        if batch_size < 1:
-            raise ValueError(f"trainer.batch_size must be >= 1 (got {batch_size})")
-        if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
-            raise ValueError("trainer.max_steps_per_epoch must be >= 1 or null")
+        epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
+        if max_steps_per_epoch is not None:
+            max_steps_per_epoch = _positive_int("max_steps_per_epoch", max_steps_per_epoch)
         if selection not in ("last", "best"):
             raise ValueError(f"trainer.selection must be 'last' or 'best' (got '{selection}')")
         self.epochs, self.batch_size = epochs, batch_size
