@@ -1,7 +1,7 @@
 """Hard parameter sharing: one backbone shared by all tasks, one head per task."""
 from torch import nn
 
-from mtlbench.model import MTLModel
+from mtlbench.model import MTLModel, make_heads
 from mtlbench.registry import ARCHS
 
 
@@ -10,7 +10,7 @@ class HardSharing(MTLModel):
     def __init__(self, backbone_fn, tasks):
         super().__init__(tasks)
         self.backbone = backbone_fn()
-        self.heads = nn.ModuleDict({t.name: t.make_head(self.backbone.out_channels) for t in tasks})
+        self.heads = make_heads(self.backbone, tasks)
 
     def forward_tasks(self, x, tasks):
         feats = self.backbone(x)

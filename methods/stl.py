@@ -6,7 +6,7 @@ task's loss only, exactly as if trained separately. ``params.total`` is their su
 """
 from torch import nn
 
-from mtlbench.model import MTLModel
+from mtlbench.model import MTLModel, make_heads
 from mtlbench.registry import ARCHS
 
 
@@ -15,7 +15,7 @@ class Independent(MTLModel):
     def __init__(self, backbone_fn, tasks):
         super().__init__(tasks)
         self.backbones = nn.ModuleDict({t.name: backbone_fn() for t in tasks})
-        self.heads = nn.ModuleDict({t.name: t.make_head(self.backbones[t.name].out_channels) for t in tasks})
+        self.heads = nn.ModuleDict({t.name: make_heads(self.backbones[t.name], [t])[t.name] for t in tasks})
 
     def forward_tasks(self, x, tasks):
         return {t: self.heads[t](self.backbones[t](x)) for t in tasks}

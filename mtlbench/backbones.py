@@ -84,11 +84,13 @@ class MLPBlock(ResidualBlock):
 class Backbone(nn.Module):
     """``stem`` then ``blocks`` in order; ``out_channels`` feeds the task heads."""
 
-    def __init__(self, stem: nn.Module, blocks: Sequence[Block], name: str = "backbone"):
+    def __init__(self, stem: nn.Module, blocks: Sequence[Block], name: str = "backbone",
+                 head_options: Optional[dict] = None):
         super().__init__()
         self.stem = stem
         self.blocks = nn.ModuleList(blocks)
         self.name = name
+        self.head_options = dict(head_options or {})
 
     @property
     def out_channels(self) -> int:

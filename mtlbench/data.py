@@ -25,6 +25,17 @@ class DataError(RuntimeError):
     """Missing or unreadable data; ``str()`` is one line naming the file and the fix."""
 
 
+def require_path(path, what: str, how_to_get: str):
+    """``path`` as a Path if it exists, else a one-line DataError saying what was looked
+    for, where, and how to get it."""
+    from pathlib import Path
+
+    p = Path(path).expanduser() if path is not None else None
+    if p is None or not p.exists():
+        raise DataError(f"{what} not found at {p if p is not None else '(no dataset.root set)'}: {how_to_get}")
+    return p
+
+
 @dataclass
 class Batch:
     x: torch.Tensor
@@ -82,12 +93,83 @@ class TensorSplit:
         return n // batch_size if (drop_last and n >= batch_size) else -(-n // batch_size)
 
 
+def collate(samples) -> Batch:
+    """Stack ``(x, {task: y})`` or ``(x, {task: y}, {task: labelled})`` samples into a Batch."""
+    xs = torch.stack([s[0] for s in samples])
+    targets = {k: torch.stack([torch.as_tensor(s[1][k]) for s in samples]) for k in samples[0][1]}
+    masks = None
+    if len(samples[0]) > 2 and samples[0][2] is not None:
+        masks = {k: torch.tensor([bool(s[2][k]) for s in samples]) for k in samples[0][2]}
+    return Batch(xs, targets, masks)
+
+
+class DatasetSplit:
+    """A split backed by a map-style dataset (files read lazily, augmentation per sample).
+
+    ``dataset[i]`` returns ``(x, {task: y})`` or ``(x, {task: y}, {task: labelled})``.
+    ``indices`` restricts it (limit, carved val split); batches come from a DataLoader
+    (``num_workers``, ``pin_memory``) in the order drawn from the trainer's generator,
+    so data order is seeded; random augmentation must draw from torch's RNG (the
+    DataLoader seeds worker RNGs from that generator).
+    """
+
+    def __init__(self, dataset, indices: Optional[Sequence[int]] = None, tasks: Optional[Sequence[str]] = None,
+                 num_workers: int = 0, pin_memory: bool = False):
+        self.dataset = dataset
+        self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+        self.tasks = list(tasks) if tasks is not None else None
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, idx) -> "DatasetSplit":
+        return DatasetSplit(self.dataset, self.indices[torch.as_tensor(idx)], self.tasks,
+                            self.num_workers, self.pin_memory)
+
+    def select_tasks(self, names: Sequence[str]) -> "DatasetSplit":
+        return DatasetSplit(self.dataset, self.indices, names, self.num_workers, self.pin_memory)
+
+    def _collate(self, samples) -> Batch:
+        b = collate(samples)
+        if self.tasks is not None:
+            b.targets = {k: b.targets[k] for k in self.tasks}
+            b.masks = None if b.masks is None else {k: b.masks[k] for k in self.tasks}
+        return b
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: Optional[torch.Generator] = None, drop_last: bool = False) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader
+
+        order = self.indices[torch.randperm(len(self), generator=generator)] if shuffle else self.indices
+        worker_gen = None
+        if generator is not None:
+            worker_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order.tolist(), drop_last=drop_last,
+                            collate_fn=self._collate, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, generator=worker_gen,
+                            persistent_workers=False)
+        return iter(loader)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = len(self)
+        return n // batch_size if (drop_last and n >= batch_size) else -(-n // batch_size)
+
+
+def carve_val_indices(n: int, fraction: float, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train_indices, val_indices) of ``range(n)``, for datasets without a val split."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(n * fraction)))
+    return perm[n_val:], perm[:n_val]
+
+
 @dataclass
 class MTLData:
     name: str
     tasks: List[Task]
     input_shape: Tuple[int, ...]
-    splits: Dict[str, TensorSplit]
+    splits: Dict[str, object]  # TensorSplit or DatasetSplit
     info: dict = field(default_factory=dict)
 
     @property
@@ -112,12 +194,12 @@ class MTLData:
         return {k: len(v) for k, v in self.splits.items()}
 
 
-def carve_val(train: TensorSplit, fraction: float, seed: int) -> Tuple[TensorSplit, TensorSplit]:
-    """Seeded split of ``train`` into (train, val) for datasets that ship no val split."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(train), generator=g)
-    n_val = max(1, int(round(len(train) * fraction)))
-    return train.subset(perm[n_val:]), train.subset(perm[:n_val])
+def carve_val(train, fraction: float, seed: int):
+    """Seeded split of an in-memory ``train`` split into (train, val) for datasets that
+    ship no val split. (With augmentation, build val from a non-augmenting dataset over
+    ``carve_val_indices`` instead.)"""
+    tr, va = carve_val_indices(len(train), fraction, seed)
+    return train.subset(tr), train.subset(va)
 
 
 def apply_limit(data: MTLData, limit: Optional[int]) -> MTLData:

@@ -38,6 +38,13 @@ class MTLModel(nn.Module):
         raise NotImplementedError
 
 
+def make_heads(backbone: Backbone, tasks: Sequence[Task]) -> nn.ModuleDict:
+    """One head per task on ``backbone``'s output (``backbone.head_options`` passed on,
+    e.g. an ASPP head for dense tasks)."""
+    opts = getattr(backbone, "head_options", None) or {}
+    return nn.ModuleDict({t.name: t.make_head(backbone.out_channels, **opts) for t in tasks})
+
+
 def _count(params: Iterable[nn.Parameter]) -> int:
     seen, n = set(), 0
     for p in params:

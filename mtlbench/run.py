@@ -76,7 +76,13 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def make_context(c: dict, data: MTLData, folder: Optional[RunFolder]) -> RunContext:
+def epoch_line(row: dict) -> str:
+    val = " ".join(f"{t}.{m}={v:.4f}" for t, ms in row["val"].items() for m, v in ms.items())
+    loss = " ".join(f"{t}={v:.4f}" for t, v in row["train_loss"].items())
+    return f"epoch {row['epoch']}: train loss {loss} | val {val} ({row['epoch_time_s']:.1f}s)"
+
+
+def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None) -> RunContext:
     seed = int(c["seed"])
     arch_cls, balancer_cls = ARCHS.get(c["arch"]["name"]), BALANCERS.get(c["balancer"]["name"])
 
@@ -96,6 +102,8 @@ def make_context(c: dict, data: MTLData, folder: Optional[RunFolder]) -> RunCont
     def log_epoch(row: dict) -> None:
         if folder is not None:
             folder.append_jsonl("metrics.jsonl", row)
+        if say is not None:
+            say(epoch_line(row))
 
     return RunContext(cfg=c, data=data, seed=seed, build_model=build_model,
                       build_balancer=build_balancer, make_trainer=make_trainer, log_epoch=log_epoch)
@@ -133,7 +141,7 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
         procedure = PROCEDURES.get(c["procedure"]["name"])(**_kw(c["procedure"]))
         say(f"{method} on {dataset} (seed {seed}, tasks {data.task_names}, "
             f"sizes {data.sizes()}) -> {folder.path}")
-        result = procedure(make_context(c, data, folder))
+        result = procedure(make_context(c, data, folder, say))
     except BaseException as exc:
         _write_failed(folder, c, method, run_id, started, exc)
         folder.release()

@@ -88,7 +88,9 @@ class Task:
         """Fresh metric objects (one evaluation's accumulators)."""
         raise NotImplementedError
 
-    def make_head(self, in_channels: int) -> nn.Module:
+    def make_head(self, in_channels: int, **options) -> nn.Module:
+        """The task's head on ``in_channels`` backbone features (``options``: the
+        backbone's ``head_options``; a task ignores those it has no use for)."""
         raise NotImplementedError
 
     @property
@@ -135,5 +137,5 @@ class ClassificationTask(Task):
     def metrics(self):
         return [Accuracy()]
 
-    def make_head(self, in_channels):
+    def make_head(self, in_channels, **options):
         return ClassificationHead(in_channels, self.num_classes, self.head_hidden)

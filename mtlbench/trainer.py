@@ -64,7 +64,7 @@ class Trainer:
 
     def __init__(self, epochs: int = 10, batch_size: int = 128, eval_batch_size: Optional[int] = None,
                  max_steps_per_epoch: Optional[int] = None, optimizer=None, scheduler=None,
-                 selection: str = "last", grad_clip: Optional[float] = None, progress: bool = True,
+                 selection: str = "last", grad_clip: Optional[float] = None, progress="auto",
                  device: str = "auto", check_finite: bool = True):
         epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
         if eval_batch_size is not None:
@@ -160,7 +160,8 @@ class Trainer:
         for epoch in range(1, self.epochs + 1):
             te = time.perf_counter()
             with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{self.epochs}", leave=False,
-                      disable=not self.progress, dynamic_ncols=True) as bar:
+                      disable=None if self.progress == "auto" else not self.progress,
+                      dynamic_ncols=True) as bar:
                 batches = train.batches(self.batch_size, shuffle=True, generator=gen, drop_last=True)
                 train_loss_t = self.train_epoch(model, balancer, optimizer, batches, tasks, bar)
             train_loss = dict(zip(data.task_names, train_loss_t.tolist()))
