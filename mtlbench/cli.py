@@ -104,8 +104,9 @@ def run_cli(args: List[str]) -> int:
     if msg:
         return fail(msg)
     _failures.clear()
+    flags = [a for a in args if a.startswith("-")]  # Hydra takes -m/--multirun before overrides only
     saved = sys.argv
-    sys.argv = ["mtlbench run", *args]
+    sys.argv = ["mtlbench run", *flags, *[a for a in args if not a.startswith("-")]]
     try:
         _hydra_run()
     except SystemExit as exc:

@@ -145,6 +145,7 @@ class DatasetSplit:
         worker_gen = None
         if generator is not None:
             worker_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        drop_last = drop_last and len(self) >= batch_size  # as TensorSplit: never an empty epoch
         loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order.tolist(), drop_last=drop_last,
                             collate_fn=self._collate, num_workers=self.num_workers,
                             pin_memory=self.pin_memory, generator=worker_gen,

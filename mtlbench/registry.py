@@ -80,15 +80,28 @@ DATASETS = Registry("dataset")
 ALL = {r.kind: r for r in (ARCHS, BALANCERS, PROCEDURES, BACKBONES, DATASETS)}
 
 _loaded = False
+_loading = False
 
 
 def load_all() -> None:
-    """Import the built-in method/dataset modules and every plugin entry point (once)."""
-    global _loaded
-    if _loaded:
+    """Import the built-in method/dataset modules and every plugin entry point.
+
+    Done once per process when it succeeds; a failure (a broken plugin) is raised again
+    on every later lookup rather than leaving a silently incomplete registry.
+    """
+    global _loaded, _loading
+    if _loaded or _loading:
         return
-    _loaded = True
-    from . import backbones, procedures  # noqa: F401  (built-in registrations)
+    _loading = True
+    try:
+        _import_everything()
+        _loaded = True
+    finally:
+        _loading = False
+
+
+def _import_everything() -> None:
+    from . import backbones, procedures, resnet, segnet  # noqa: F401  (built-in registrations)
 
     for pkg_name in ("mtlbench.methods", "mtlbench.datasets"):
         pkg = importlib.import_module(pkg_name)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import os
 import platform
 import random
@@ -46,8 +47,11 @@ def build_data(dcfg: dict, data_root: Optional[str] = None) -> MTLData:
     builder = DATASETS.get(dcfg["name"])
     root = dcfg.get("root") or data_root
     root = os.path.expanduser(root) if root else None
+    extra = {}
+    if dcfg.get("tasks") and "tasks" in inspect.signature(builder).parameters:
+        extra["tasks"] = list(dcfg["tasks"])  # builders that can skip reading unused tasks' files
     data = builder(root=root, split_seed=int(dcfg.get("split_seed") or 0),
-                   **_kw(dcfg, "root", "split_seed", "limit", "tasks"))
+                   **_kw(dcfg, "root", "split_seed", "limit", "tasks"), **extra)
     if dcfg.get("tasks"):
         data = data.select_tasks(list(dcfg["tasks"]))
     return apply_limit(data, dcfg.get("limit"))

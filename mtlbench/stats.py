@@ -41,11 +41,15 @@ def delta_t(method: Scores, baseline: Scores, higher_is_better: Mapping[str, Map
             if value is None or not _finite(value):
                 notes.append(f"{task}/{metric}: no finite value for the method: left out")
                 continue
-            if not _finite(base) or base <= 0:
-                notes.append(f"{task}/{metric}: baseline value {base:.4g} <= 0 or not finite, "
+            if not _finite(base) or float(base) <= 0:
+                notes.append(f"{task}/{metric}: baseline value {base!r} <= 0 or not finite, "
                              f"no relative change: left out")
                 continue
-            sign = 1.0 if higher_is_better[task][metric] else -1.0
+            direction = higher_is_better.get(task, {}).get(metric)
+            if direction is None:
+                notes.append(f"{task}/{metric}: direction (higher_is_better) unknown: left out")
+                continue
+            sign = 1.0 if direction else -1.0
             changes.append(sign * (value - base) / base * 100.0)
         if changes:
             per_task.append(sum(changes) / len(changes))
@@ -64,10 +68,10 @@ def _finite(x) -> bool:
 def per_seed(runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Wide table: index (method, seed), columns (task, metric), one value per cell.
 
-    When a (method, seed) pair was run more than once (``force=true``), the last run
-    in run-id order is kept.
+    When a (method, seed) pair was run more than once (``force=true``), the most recently
+    finished run is kept.
     """
-    df = runs[runs["split"] == split].sort_values("run_id")
+    df = runs[runs["split"] == split].sort_values(["finished_at", "run_id"], na_position="first")
     df = df.drop_duplicates(["method", "seed", "task", "metric"], keep="last")
     return df.pivot_table(index=["method", "seed"], columns=["task", "metric"], values="value",
                           aggfunc="first")

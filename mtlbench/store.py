@@ -54,10 +54,10 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def _json_default(o):
+    if hasattr(o, "tolist"):  # tensors and numpy arrays/scalars of any shape
+        return o.tolist()
     if hasattr(o, "item"):
         return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
     return str(o)
 
 
@@ -152,7 +152,7 @@ def iter_runs(results_dir) -> Iterable[tuple[Path, dict]]:
 
 
 RUN_COLUMNS = ["run_id", "dataset", "method", "arch", "balancer", "procedure", "backbone", "seed",
-               "status", "params_total", "flops_total", "wall_time_s", "path"]
+               "status", "params_total", "flops_total", "wall_time_s", "finished_at", "path"]
 
 
 def load_runs(results_dir="results", status: Optional[str] = None) -> pd.DataFrame:
@@ -171,7 +171,7 @@ def load_runs(results_dir="results", status: Optional[str] = None) -> pd.DataFra
             "backbone": rec.get("backbone"), "seed": rec.get("seed"), "status": rec.get("status"),
             "params_total": (rec.get("params") or {}).get("total"),
             "flops_total": (rec.get("flops") or {}).get("total"),
-            "wall_time_s": rec.get("wall_time_s"), "path": str(path),
+            "wall_time_s": rec.get("wall_time_s"), "finished_at": rec.get("finished_at"), "path": str(path),
         }
         hib = rec.get("higher_is_better", {})
         for split, by_task in (rec.get("metrics") or {}).items():
