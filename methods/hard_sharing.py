@@ -1,6 +1,4 @@
 """Hard parameter sharing: one backbone shared by all tasks, one head per task."""
-from torch import nn
-
 from mtlbench.model import MTLModel, make_heads
 from mtlbench.registry import ARCHS
 
@@ -14,6 +12,7 @@ class HardSharing(MTLModel):
 
     def forward_tasks(self, x, tasks):
         feats = self.backbone(x)
+        self.shared_representation = feats
         return {t: self.heads[t](feats) for t in tasks}
 
     def shared_parameters(self):

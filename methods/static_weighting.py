@@ -17,14 +17,14 @@ class Static(Balancer):
         unknown = sorted(set(weights) - set(self.task_names))
         if unknown:
             raise ValueError(f"balancer.weights names unknown task(s) {unknown}; tasks: {self.task_names}")
-        self.weights = {t: float(weights.get(t, default)) for t in self.task_names}
-        self.register_buffer("_w", torch.tensor([self.weights[t] for t in self.task_names]))
+        self.fixed = {t: float(weights.get(t, default)) for t in self.task_names}
+        self.register_buffer("_w", torch.tensor([self.fixed[t] for t in self.task_names]))
 
     def combine(self, losses):
         return torch.stack([losses[t] for t in self.task_names]) @ self._w.to(next(iter(losses.values())).dtype)
 
-    def log_state(self):
-        return {"weights": self.weights}
+    def weights(self):
+        return dict(self.fixed)
 
 
 @BALANCERS.register("equal")
@@ -33,3 +33,6 @@ class Equal(Balancer):
 
     def combine(self, losses):
         return torch.stack([losses[t] for t in self.task_names]).sum()
+
+    def weights(self):
+        return {t: 1.0 for t in self.task_names}

@@ -11,10 +11,15 @@ weighting's log-variances) are optimised with the model's.
 (DWA needs them) and returns what to log for the epoch.
 
 A task absent from a batch has an exact zero loss (see ``mtlbench.tasks``).
+
+Gradient methods find the model's shared representation (the tensor the task heads
+read, from the last forward pass) in ``model.shared_representation`` when the
+architecture has one (hard sharing does; cross-stitch and MTAN do not), and the
+shared parameters in ``model.shared_parameters()``.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -34,8 +39,11 @@ class Balancer(nn.Module):
         return loss.detach()
 
     def epoch_end(self, train_losses: Dict[str, float]) -> dict:
-        return self.log_state()
-
-    def log_state(self) -> dict:
-        """Per-epoch state worth recording (weights, learned σ...)."""
+        """Called once per epoch with the epoch-average training loss per task; returns
+        extra state worth recording (e.g. UW's learned σ), logged as ``balancer``."""
         return {}
+
+    def weights(self) -> Optional[Dict[str, float]]:
+        """The current per-task loss weights, logged each epoch as ``balancer_weights``
+        (None for a balancer without per-task weights)."""
+        return None

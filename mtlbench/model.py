@@ -6,7 +6,7 @@ copies, e.g. one per task, call it several times). The model returns ``{task: pr
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,9 +18,14 @@ BackboneFn = Callable[[], Backbone]
 
 
 class MTLModel(nn.Module):
+    """Architectures subclass this. ``shared_representation`` holds, after a forward
+    pass, the tensor every task head reads (when the architecture has one; gradient
+    balancers such as MGDA-UB use it), else None."""
+
     def __init__(self, tasks: Sequence[Task]):
         super().__init__()
         self.task_names: List[str] = [t.name for t in tasks]
+        self.shared_representation: Optional[torch.Tensor] = None
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
         return self.forward_tasks(x, self.task_names)

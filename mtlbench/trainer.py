@@ -167,12 +167,15 @@ class Trainer:
             train_loss = dict(zip(data.task_names, train_loss_t.tolist()))
             self._check_finite(train_loss, epoch)
             balancer_state = balancer.epoch_end(train_loss)
+            balancer_weights = balancer.weights()
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:
                 scheduler.step()
             val, val_loss = self.evaluate(model, data.splits["val"], tasks)
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val": val,
                    "lr": lr, "epoch_time_s": round(time.perf_counter() - te, 4)}
+            if balancer_weights is not None:
+                row["balancer_weights"] = balancer_weights
             if balancer_state:
                 row["balancer"] = balancer_state
             history.append(row)

@@ -172,7 +172,7 @@ def test_static_balancer_with_weights(run_cli, results_dir):
     assert rec["status"] == "completed" and rec["balancer"] == "static"
     assert rec["method"] == "hard_sharing+static"
     row = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])
-    assert row["balancer"] == {"weights": {"left": 2.0, "right": 1.0}}
+    assert row["balancer_weights"] == {"left": 2.0, "right": 1.0}
 
 
 def test_static_balancer_unknown_task_fails_cleanly(run_cli, results_dir, capsys):
