@@ -47,7 +47,7 @@ def _conv_stack(in_channels: int, out_channels: int, n: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _key(level: int) -> str:
+def pool_key(level: int) -> str:
     return f"segnet_pool{level}"
 
 
@@ -64,7 +64,7 @@ class SegNetEncoderBlock(Block):
         size = x.shape[-2:]
         x, indices = F.max_pool2d(x, 2, 2, return_indices=True)
         if state is not None:
-            state[_key(self.level)] = (indices, size)
+            state[pool_key(self.level)] = (indices, size)
         return x
 
 
@@ -79,11 +79,11 @@ class SegNetDecoderBlock(Block):
         self.convs = _conv_stack(in_channels, out_channels, n_convs)
 
     def forward(self, x, state: Optional[dict] = None):
-        if state is None or _key(self.level) not in state:
+        if state is None or pool_key(self.level) not in state:
             raise RuntimeError(f"SegNet decoder level {self.level} needs the pooling indices of "
-                               f"encoder level {self.level} in state['{_key(self.level)}']: run the "
+                               f"encoder level {self.level} in state['{pool_key(self.level)}']: run the "
                                f"encoder blocks first with the same state dict")
-        indices, size = state[_key(self.level)]
+        indices, size = state[pool_key(self.level)]
         x = F.max_unpool2d(x, indices, 2, 2, output_size=size)
         return self.convs(x)
 
