@@ -1,0 +1,238 @@
+"""MGDA-UB (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
+NeurIPS 2018; their code: isl-org/MultiObjectiveOptimization).
+
+Each step finds the minimum-norm point of the convex hull of the per-task gradients,
+
+    α* = argmin_{α ∈ Δ_K} ‖Σ_k α_k g_k‖²,   Δ_K = {α ≥ 0, Σ_k α_k = 1},
+
+and back-propagates Σ_k α*_k L_k through the whole graph (as their training script does:
+task-specific parameters then receive α_k-scaled gradients too). α* is a common descent
+direction for all tasks, or 0 at a Pareto-stationary point.
+
+Which gradients g_k (recorded per epoch as ``balancer.mode``):
+
+* ``representation`` (MGDA-UB, the paper's "upper bound"): gradients of L_k w.r.t. the
+  shared representation z = ``model.shared_representation`` (the tensor all heads read,
+  from the current forward pass), flattened over batch and features into one vector per
+  task, as in their code. Only the heads are differentiated: K cheap backward passes.
+* ``parameters`` (plain MGDA): when the architecture exposes no usable representation
+  (cross-stitch, MTAN), gradients w.r.t. ``model.shared_parameters()``; the Gram matrix
+  is accumulated parameter by parameter (no concatenated copy of the gradients).
+* ``equal``: no shared representation and no shared parameter (independent networks):
+  α_k = 1/K, the simplex centre (the weights still sum to 1).
+
+Gradient normalisation (``normalization``, their ``gradient_normalizers``, applied to
+g_k before the solver; α then weights the raw losses): ``none`` (g_k), ``l2``
+(g_k/‖g_k‖), ``loss`` (g_k/L_k), ``loss+`` (g_k/(L_k·‖g_k‖)). Default ``none``: the
+setting the authors report for MultiMNIST (isl-org/MultiObjectiveOptimization issue #14;
+their CelebA sample config uses ``loss+``). |L_k| is used so that a negative loss does
+not flip its gradient.
+
+Absent tasks: a task whose loss is exactly 0 on the batch (no labelled sample) or whose
+gradient is identically 0 (its loss does not reach the shared tensor) is excluded from
+the solver and gets α_k = 0 (counted per epoch in ``balancer.excluded``); otherwise its
+zero vector would be the min-norm point and stall every task. If every task is
+excluded, α is uniform (the loss, hence the update, is zero anyway).
+
+Solver (own implementation, float64 on the host): K = 1 → α = 1; K = 2 → the analytic
+minimiser of ‖c·g_1 + (1−c)·g_2‖² over c ∈ [0, 1] (exact 0/1 at the ends, where their
+code uses 0.001/0.999); K ≥ 3 → started at the best pair (as their code does), then
+Frank-Wolfe with away steps and exact line search, stopped when the duality gap
+max_i (αᵀGα − (Gα)_i) ≤ ``tol``·max_i G_ii or after ``max_iter`` iterations.
+
+Precision and syncs: gradients may come out of autocast in half precision; the Gram
+matrix is formed in float32 and solved in float64. α is invariant to a common scale of
+all gradients (e.g. a loss scaler). The solver needs the K×K Gram matrix and the K
+losses on the host: one device→host copy per step, the price of a gradient method.
+The per-epoch statistics (α sum, step and exclusion counts) are device buffers.
+``weights()`` is the mean α over the steps of the epoch that just finished.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from mtlbench.balancers import Balancer
+from mtlbench.registry import BALANCERS
+
+NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+
+
+def min_norm_pair(a: float, b: float, d: float) -> Tuple[float, float]:
+    """argmin_{c ∈ [0,1]} ‖c·x + (1−c)·y‖² given a = ⟨x,x⟩, b = ⟨x,y⟩, d = ⟨y,y⟩;
+    returns (c, the squared norm there)."""
+    denom = a + d - 2.0 * b  # ‖x − y‖²
+    if denom <= 0.0:          # x = y: every c is optimal
+        c = 1.0 if a <= d else 0.0
+    else:
+        c = min(max((d - b) / denom, 0.0), 1.0)
+    return c, c * c * a + 2.0 * c * (1.0 - c) * b + (1.0 - c) ** 2 * d
+
+
+def min_norm_weights(gram, max_iter: int = 250, tol: float = 1e-10) -> Tuple[np.ndarray, float]:
+    """α ∈ simplex minimising αᵀGα for a K×K Gram matrix G; returns (α, αᵀGα)."""
+    g = np.asarray(gram, dtype=np.float64)
+    k = g.shape[0]
+    if k == 1:
+        return np.ones(1), float(g[0, 0])
+    best = None
+    for i in range(k):
+        for j in range(i + 1, k):
+            c, cost = min_norm_pair(g[i, i], g[i, j], g[j, j])
+            if best is None or cost < best[0]:
+                best = (cost, i, j, c)
+    alpha = np.zeros(k)
+    _, i, j, c = best
+    alpha[i], alpha[j] = c, 1.0 - c
+    if k == 2:
+        return alpha, float(alpha @ g @ alpha)
+    scale = max(float(np.max(np.diag(g))), 1e-300)
+    for _ in range(max_iter):
+        grad = g @ alpha                       # ∇(½αᵀGα)
+        cur = float(alpha @ grad)
+        s = int(np.argmin(grad))
+        fw_gap = cur - grad[s]
+        if fw_gap <= tol * scale:
+            break
+        support = np.flatnonzero(alpha > 0)
+        v = int(support[np.argmax(grad[support])])
+        away_gap = grad[v] - cur
+        away = not (fw_gap >= away_gap or alpha[v] >= 1.0)
+        if not away:
+            direction = -alpha.copy()
+            direction[s] += 1.0
+            gmax = 1.0
+        else:
+            direction = alpha.copy()
+            direction[v] -= 1.0
+            gmax = alpha[v] / (1.0 - alpha[v])
+        curv = float(direction @ g @ direction)
+        slope = float(grad @ direction)
+        gamma = gmax if curv <= 0.0 else min(max(-slope / curv, 0.0), gmax)
+        alpha = alpha + gamma * direction
+        if away and gamma == gmax:
+            alpha[v] = 0.0                     # a drop step removes v from the support exactly
+        alpha = np.clip(alpha, 0.0, None)
+        alpha /= alpha.sum()
+    return alpha, float(alpha @ g @ alpha)
+
+
+def _flat(grads: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
+    return torch.stack([(torch.zeros_like(like) if gr is None else gr).reshape(-1).float() for gr in grads])
+
+
+def _grads(loss: torch.Tensor, inputs: List[torch.Tensor]):
+    if not loss.requires_grad:
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True))
+
+
+@BALANCERS.register("mgda")
+class MGDA(Balancer):
+    """``normalization``: none | l2 | loss | loss+ (see module docstring); ``max_iter`` and
+    ``tol``: the Frank-Wolfe budget and stopping tolerance (K ≥ 3 tasks)."""
+
+    def __init__(self, task_names, normalization: str = "none", max_iter: int = 250, tol: float = 1e-10):
+        super().__init__(task_names)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"balancer.normalization must be one of {list(NORMALIZATIONS)} (got {normalization!r})")
+        self.normalization, self.max_iter, self.tol = normalization, int(max_iter), float(tol)
+        k = len(self.task_names)
+        self.register_buffer("alpha_sum", torch.zeros(k))
+        self.register_buffer("excluded", torch.zeros(k))
+        self.register_buffer("steps", torch.zeros(()))
+        self._modes: Dict[str, int] = {}
+        self._norm_sum, self._norm_steps = 0.0, 0
+        self._epoch_weights: Optional[Dict[str, float]] = None
+
+    # ----------------------------------------------------------------- gradients
+    def _gram(self, losses: List[torch.Tensor], model) -> Tuple[Optional[torch.Tensor], str]:
+        """The K×K float32 Gram matrix of the task gradients and the mode used."""
+        rep = getattr(model, "shared_representation", None)
+        if isinstance(rep, torch.Tensor) and rep.requires_grad:
+            grads = [_grads(l, [rep])[0] for l in losses]
+            if any(gr is not None for gr in grads):
+                flat = _flat(grads, rep)
+                return flat @ flat.T, "representation"
+        params = [p for p in model.shared_parameters() if p.requires_grad]
+        if params:
+            per_task = [_grads(l, params) for l in losses]
+            gram, used = None, False
+            for i, p in enumerate(params):
+                cols = [gr[i] for gr in per_task]
+                if all(c is None for c in cols):
+                    continue
+                flat = _flat(cols, p)
+                gram = flat @ flat.T if gram is None else gram + flat @ flat.T
+                used = True
+            if used:
+                return gram, "parameters"
+        return None, "equal"
+
+    def solve(self, gram: np.ndarray, loss: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
+        """(α, active mask, ‖Σ α_k ĝ_k‖) from the host Gram matrix and losses (ĝ: normalised)."""
+        k = len(loss)
+        diag = np.diag(gram)
+        active = (loss != 0) & np.isfinite(loss) & (diag > 0) & np.isfinite(diag)
+        if not active.any():
+            return np.full(k, 1.0 / k), active, float("nan")
+        idx = np.flatnonzero(active)
+        norm = {"none": np.ones(len(idx)), "l2": np.sqrt(diag[idx]), "loss": np.abs(loss[idx]),
+                "loss+": np.abs(loss[idx]) * np.sqrt(diag[idx])}[self.normalization]
+        sub = gram[np.ix_(idx, idx)] / np.outer(norm, norm)
+        alpha = np.zeros(k)
+        if not np.isfinite(sub).all():
+            alpha[idx] = 1.0 / len(idx)
+            return alpha, active, float("nan")
+        alpha[idx], cost = min_norm_weights(sub, self.max_iter, self.tol)
+        return alpha, active, math.sqrt(max(cost, 0.0))
+
+    # ----------------------------------------------------------------- interface
+    def backward(self, losses, model):
+        stacked = torch.stack([losses[t] for t in self.task_names])
+        k, dev = len(self.task_names), stacked.device
+        gram, mode = self._gram([losses[t] for t in self.task_names], model)
+        if gram is None:
+            alpha = torch.full((k,), 1.0 / k, device=dev)
+        else:
+            host = torch.cat([gram.reshape(-1), stacked.detach().float()]).cpu().double().numpy()  # the one sync
+            a, active, min_norm = self.solve(host[: k * k].reshape(k, k), host[k * k:])
+            packed = torch.from_numpy(np.concatenate([a, ~active])).float().to(dev)
+            alpha = packed[:k]
+            self.excluded += packed[k:]
+            if math.isfinite(min_norm):
+                self._norm_sum, self._norm_steps = self._norm_sum + min_norm, self._norm_steps + 1
+        self._modes[mode] = self._modes.get(mode, 0) + 1
+        self.alpha_sum += alpha
+        self.steps += 1
+        total = (stacked.float() * alpha).sum()
+        total.backward()
+        return total.detach()
+
+    def _mean_alpha(self) -> Optional[Dict[str, float]]:
+        steps = float(self.steps)
+        if steps == 0:
+            return None
+        return dict(zip(self.task_names, (self.alpha_sum / steps).tolist()))
+
+    def epoch_end(self, train_losses):
+        self._epoch_weights = self._mean_alpha()
+        state = {"mode": "+".join(sorted(self._modes)) or "none", "steps": int(self.steps),
+                 "excluded": dict(zip(self.task_names, [int(v) for v in self.excluded.tolist()]))}
+        if self._norm_steps:
+            state["min_norm"] = self._norm_sum / self._norm_steps
+        self.alpha_sum.zero_()
+        self.excluded.zero_()
+        self.steps.zero_()
+        self._modes, self._norm_sum, self._norm_steps = {}, 0.0, 0
+        return state
+
+    def weights(self):
+        """Mean α over the steps of the last finished epoch (before any: the running mean,
+        or 1/K before any step)."""
+        if self._epoch_weights is not None:
+            return dict(self._epoch_weights)
+        return self._mean_alpha() or {t: 1.0 / len(self.task_names) for t in self.task_names}
