@@ -91,13 +91,66 @@ def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400) -> List[d
     return rows
 
 
+def _dataset_batches(dataset: str, batch_size: int, steps: int):
+    """Real batches of an embedded dataset and the dataset's default backbone config."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from .run import build_data
+
+    with initialize_config_module("mtlbench.conf", version_base=None):
+        c = OmegaConf.to_container(compose("config", overrides=[f"dataset={dataset}"]), resolve=True)
+    dcfg = dict(c["dataset"], limit=batch_size * steps)
+    data = build_data(dcfg, c.get("data_root"))
+    batches = list(data.splits["train"].batches(batch_size, shuffle=True,
+                                                generator=torch.Generator().manual_seed(0), drop_last=True))
+    return data, batches, c["backbone"]
+
+
+def archs(dataset: str = "multimnist", batch_size: int = 32, steps: int = 8, repeats: int = 3) -> List[dict]:
+    """Step time of every architecture (with equal weights) and every balancer (with hard
+    sharing), relative to hard sharing + equal weights, on the same batches."""
+    data, batches, bcfg = _dataset_batches(dataset, batch_size, steps)
+    pairs = [(a, "equal") for a in ARCHS.names()] + [("hard_sharing", b) for b in BALANCERS.names() if b != "equal"]
+    trainer = Trainer(epochs=1, batch_size=batch_size, device="cpu", progress=False)
+    times = {}
+    for arch, bal in pairs:
+        torch.manual_seed(0)
+        model = ARCHS.get(arch)(lambda: build_backbone(bcfg, data.input_shape), data.tasks)
+        balancer = BALANCERS.get(bal)(data.task_names)
+        opt = trainer.make_optimizer(model, balancer)
+        trainer.train_epoch(model, balancer, opt, batches[:1], data.tasks)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            trainer.train_epoch(model, balancer, opt, batches, data.tasks).tolist()
+            runs.append((time.perf_counter() - t0) / len(batches))
+        n_params = sum(p.numel() for p in model.parameters())
+        times[(arch, bal)] = (statistics.median(runs), n_params)
+    ref = times[("hard_sharing", "equal")][0]
+    return [{"arch": a, "balancer": b, "ms": t * 1e3, "ratio": t / ref, "params": n}
+            for (a, b), (t, n) in times.items()]
+
+
 def main(args: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m mtlbench bench")
     sub = p.add_subparsers(dest="which", required=True)
     o = sub.add_parser("overhead", help="trainer vs bare PyTorch loop")
     o.add_argument("--repeats", type=int, default=7)
     o.add_argument("--steps", type=int, default=30, help="steps per epoch on the default model")
+    a = sub.add_parser("archs", help="step time of each architecture and balancer vs hard sharing")
+    a.add_argument("--dataset", default="multimnist")
+    a.add_argument("--batch-size", type=int, default=32)
+    a.add_argument("--steps", type=int, default=8)
+    a.add_argument("--repeats", type=int, default=3)
     ns = p.parse_args(args)
+    if ns.which == "archs":
+        rows = archs(ns.dataset, ns.batch_size, ns.steps, ns.repeats)
+        print(f"{ns.dataset}, batch {ns.batch_size}, CPU threads {torch.get_num_threads()}")
+        print(f"{'arch':16s} {'balancer':10s} {'params':>10s} {'ms/step':>9s} {'x hard_sharing+equal':>21s}")
+        for r in rows:
+            print(f"{r['arch']:16s} {r['balancer']:10s} {r['params']:10,d} {r['ms']:9.2f} {r['ratio']:21.2f}")
+        return 0
     rows = overhead(ns.repeats, ns.steps)
     print(f"{'model':44s} {'steps':>6s} {'bare ms/step':>13s} {'trainer ms/step':>16s} {'ratio':>7s} {'fixed ms/step':>14s}")
     for r in rows:

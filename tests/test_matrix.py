@@ -29,11 +29,20 @@ def completed(results_dir):
     return folder, rec
 
 
-@pytest.mark.parametrize("arch,balancer", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
-def test_arch_balancer_pair(arch, balancer, run_cli, results_dir):
-    assert run_cli(f"arch={arch}", f"balancer={balancer}") == 0
+# the two embedded datasets: a classification one and a dense one (small sizes keep the
+# generated scene cache small)
+PAIR_DATASETS = {
+    "multimnist": [],
+    "scenes": ["dataset=scenes", "dataset.n_train=32", "dataset.n_val=16", "dataset.n_test=16"],
+}
+CASES = [(a, b, d) for d in PAIR_DATASETS for a, b in PAIRS]
+
+
+@pytest.mark.parametrize("arch,balancer,dataset", CASES, ids=[f"{d}-{a}+{b}" for a, b, d in CASES])
+def test_arch_balancer_pair(arch, balancer, dataset, run_cli, results_dir):
+    assert run_cli(f"arch={arch}", f"balancer={balancer}", *PAIR_DATASETS[dataset]) == 0
     folder, rec = completed(results_dir)
-    assert (rec["arch"], rec["balancer"]) == (arch, balancer)
+    assert (rec["arch"], rec["balancer"], rec["dataset"]) == (arch, balancer, dataset)
     assert rec["tasks"] and set(rec["metrics"]["test"]) == set(rec["tasks"])
 
 
@@ -46,7 +55,7 @@ def test_method_preset(preset, run_cli, results_dir):
 
 @pytest.mark.parametrize("dataset", DATASET_NAMES)
 def test_dataset(dataset, run_cli, results_dir):
-    code = run_cli(f"dataset={dataset}")
+    code = run_cli(f"dataset={dataset}", *PAIR_DATASETS.get(dataset, [])[1:])
     if code != 0:
         # a dataset read from files the user supplies (dataset.root) is skipped when they are
         # absent: the run then fails with a DataError, recorded in its run.json
