@@ -132,8 +132,21 @@ def archs(dataset: str = "multimnist", batch_size: int = 32, steps: int = 8, rep
             for (a, b), (t, n) in times.items()]
 
 
+# benchmarks that live in their own module: name -> module with ``main(args) -> int``
+EXTRA = {
+    "grouping": "mtlbench.bench_grouping",   # task-grouping selection: time and gap vs n
+    "tabular": "mtlbench.bench_tabular",     # wall time per epoch vs number of tasks
+    "adashare": "mtlbench.bench_adashare",   # AdaShare search step vs hard sharing / T paths
+}
+
+
 def main(args: List[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m mtlbench bench")
+    if args and args[0] in EXTRA:
+        import importlib
+
+        return importlib.import_module(EXTRA[args[0]]).main(args[1:])
+    p = argparse.ArgumentParser(prog="python -m mtlbench bench",
+                                epilog=f"also: {', '.join(EXTRA)} (python -m mtlbench bench <name> --help)")
     sub = p.add_subparsers(dest="which", required=True)
     o = sub.add_parser("overhead", help="trainer vs bare PyTorch loop")
     o.add_argument("--repeats", type=int, default=7)

@@ -26,7 +26,8 @@ commands:
            sweeps: python -m mtlbench run -m method=stl,hard_sharing seed=0,1,2 profile=tiny
   report   summarise a dataset's runs: python -m mtlbench report dataset=multimnist [baseline=stl]
   list     what is registered (archs, balancers, procedures, backbones, datasets) and the presets
-  bench    benchmarks: python -m mtlbench bench overhead
+  bench    benchmarks: python -m mtlbench bench {overhead,archs,grouping,tabular,adashare}
+  group    select task groups from a score table: python -m mtlbench group scores=FILE.csv budget=2
 """
 
 KNOWN_ERRORS = (RegistryError, DataError, StoreError, TrainingError, ValueError, TypeError, FileNotFoundError)
@@ -160,7 +161,13 @@ def bench_cli(args: List[str]) -> int:
     return bench_main(args)
 
 
-COMMANDS = {"run": run_cli, "report": report_cli, "list": list_cli, "bench": bench_cli}
+def group_cli(args: List[str]) -> int:
+    from .group_cli import main as group_main
+
+    return group_main(args)
+
+
+COMMANDS = {"run": run_cli, "report": report_cli, "list": list_cli, "bench": bench_cli, "group": group_cli}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

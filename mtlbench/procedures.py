@@ -33,6 +33,8 @@ class ProcedureResult:
     fit: FitResult
     model: object
     info: dict = field(default_factory=dict)
+    params: Optional[dict] = None  # replaces count_params(model) in run.json (e.g. deployed vs trained)
+    flops: Optional[dict] = None   # replaces count_flops(model, ...) in run.json
 
 
 class Procedure:

@@ -160,8 +160,10 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
         "higher_is_better": {t.name: t.higher_is_better for t in data.tasks},
         "arch": c["arch"]["name"], "balancer": c["balancer"]["name"],
         "procedure": c["procedure"]["name"], "backbone": c["backbone"]["name"],
-        "params": count_params(model),
-        "flops": count_flops(model, data.input_shape, device=next(model.parameters()).device),
+        "params": result.params if result.params is not None else count_params(model),
+        "flops": result.flops if result.flops is not None else
+        count_flops(model, data.input_shape, device=next(model.parameters()).device),
+        "role": c.get("role") or "main",  # "candidate": a task-grouping candidate, never in reports
         "selection": {"mode": c["trainer"]["selection"], "epoch": fit.selected_epoch},
         "epochs": len(fit.history), "data_sizes": data.sizes(),
         "wall_time_s": round(time.perf_counter() - t0, 3), "train_time_s": round(fit.wall_time_s, 3),
