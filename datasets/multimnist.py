@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtlbench.data import MTLData, TensorSplit
+from mtlbench.data import MTLData, TensorSplit, cached_arrays
 from mtlbench.registry import DATASETS
 from mtlbench.tasks import ClassificationTask
 
@@ -63,22 +62,7 @@ def generate(split_seed: int, sizes: dict, pools=(0.7, 0.1, 0.2)) -> dict:
 def _cached(root, split_seed: int, sizes: dict) -> dict:
     key = hashlib.sha256(json.dumps({"seed": split_seed, **sizes, "v": 1}, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(root) / "multimnist" / f"multimnist-{key}.npz" if root else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except Exception:  # a damaged cache is regenerated, never trusted
-            path.unlink(missing_ok=True)
-    arrays = generate(split_seed, sizes)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # caching is an optimisation: an unwritable data root is not an error
-    return arrays
+    return cached_arrays(path, lambda: generate(split_seed, sizes))
 
 
 @DATASETS.register("multimnist")

@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtlbench.data import MTLData, TensorSplit
+from mtlbench.data import MTLData, TensorSplit, cached_arrays
 from mtlbench.dense import DepthTask, L1Task, NormalTask, SegmentationTask
 from mtlbench.registry import DATASETS
 
@@ -294,22 +293,7 @@ def _cached(root, split_seed: int, sizes: dict, size, max_objects: int) -> dict:
     spec = {"seed": int(split_seed), **sizes, "size": list(size), "max_objects": max_objects, "v": VERSION}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(root) / "scenes" / f"scenes-{key}.npz" if root else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except Exception:  # a damaged cache is regenerated, never trusted
-            path.unlink(missing_ok=True)
-    arrays = generate(split_seed, sizes, size, max_objects)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # caching is an optimisation: an unwritable data root is not an error
-    return arrays
+    return cached_arrays(path, lambda: generate(split_seed, sizes, size, max_objects))
 
 
 def _size(size):

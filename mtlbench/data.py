@@ -12,7 +12,7 @@ Python work); ``carve_val`` makes a seeded validation split for datasets without
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -212,3 +212,29 @@ def apply_limit(data: MTLData, limit: Optional[int]) -> MTLData:
     data.splits = {k: (s.subset(torch.arange(min(limit, len(s)))) if len(s) > limit else s)
                    for k, s in data.splits.items()}
     return data
+
+
+def cached_arrays(path, make: Callable[[], Dict[str, "np.ndarray"]]) -> Dict[str, "np.ndarray"]:
+    """Arrays cached in one ``.npz`` at ``path`` (None = no cache), made by ``make()`` when the
+    file is absent or damaged (a damaged cache is regenerated, never trusted). The file is
+    written atomically (temp file + rename); an unwritable location only skips caching."""
+    import os
+
+    import numpy as np
+
+    if path is not None and path.is_file():
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except Exception:
+            path.unlink(missing_ok=True)
+    arrays = make()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return arrays
