@@ -135,6 +135,8 @@ class MGDA(Balancer):
     """``normalization``: none | l2 | loss | loss+ (see module docstring); ``max_iter`` and
     ``tol``: the Frank-Wolfe budget and stopping tolerance (K ≥ 3 tasks)."""
 
+    distributed = False  # per-task gradients of one rank's shard: refuses torchrun (mtlbench.distributed)
+
     def __init__(self, task_names, normalization: str = "none", max_iter: int = 250, tol: float = 1e-10):
         super().__init__(task_names)
         if normalization not in NORMALIZATIONS:

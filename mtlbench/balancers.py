@@ -19,6 +19,7 @@ shared parameters in ``model.shared_parameters()``.
 """
 from __future__ import annotations
 
+import copy
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -32,6 +33,18 @@ class Balancer(nn.Module):
 
     def combine(self, losses: Dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    # Python-level state (counters, histories kept outside buffers) travels with
+    # ``state_dict()`` so a checkpoint restores a balancer exactly.
+    _MODULE_KEYS = frozenset(vars(nn.Module()))
+
+    def get_extra_state(self):
+        plain = (int, float, str, bool, list, tuple, dict, type(None))
+        return {k: copy.deepcopy(v) for k, v in vars(self).items()
+                if k not in self._MODULE_KEYS and isinstance(v, plain)}
+
+    def set_extra_state(self, state) -> None:
+        self.__dict__.update(copy.deepcopy(state))
 
     def backward(self, losses: Dict[str, torch.Tensor], model) -> torch.Tensor:
         loss = self.combine(losses)

@@ -8,6 +8,7 @@ phases from ``ctx.build_model`` / ``ctx.build_balancer`` / ``ctx.trainer`` the s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from .data import MTLData
@@ -24,6 +25,7 @@ class RunContext:
     build_balancer: Callable       # (task_names) -> Balancer
     make_trainer: Callable[..., Trainer]   # (**overrides of trainer config) -> Trainer
     log_epoch: Callable[[dict], None]      # append a row to metrics.jsonl
+    folder: Optional[Path] = None          # the run folder (None when not writing one), for extra outputs
 
 
 @dataclass

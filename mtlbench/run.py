@@ -9,6 +9,7 @@ import inspect
 import os
 import platform
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .backbones import build_backbone
+from .checkpoint import CheckpointSlot, checkpoint_log_bytes
+from .distributed import SINGLE, DistContext, from_env
 from .data import MTLData, apply_limit
 from .model import count_flops, count_params
 from .procedures import RunContext
@@ -83,10 +86,12 @@ def git_commit() -> Optional[str]:
 def epoch_line(row: dict) -> str:
     val = " ".join(f"{t}.{m}={v:.4f}" for t, ms in row["val"].items() for m, v in ms.items())
     loss = " ".join(f"{t}={v:.4f}" for t, v in row["train_loss"].items())
-    return f"epoch {row['epoch']}: train loss {loss} | val {val} ({row['epoch_time_s']:.1f}s)"
+    phase = f"{row['phase']} " if row.get("phase") else ""  # multi-phase procedures tag their rows
+    return f"{phase}epoch {row['epoch']}: train loss {loss} | val {val} ({row['epoch_time_s']:.1f}s)"
 
 
-def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None) -> RunContext:
+def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None,
+                 dctx: DistContext = SINGLE) -> RunContext:
     seed = int(c["seed"])
     arch_cls, balancer_cls = ARCHS.get(c["arch"]["name"]), BALANCERS.get(c["balancer"]["name"])
 
@@ -100,23 +105,39 @@ def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None) 
         cls = BALANCERS.get(bcfg["name"]) if balancer else balancer_cls
         return cls(task_names, **_kw(bcfg))
 
+    fits = iter(range(1, 1 << 30))
+
     def make_trainer(**overrides) -> Trainer:
-        return Trainer(**{**c["trainer"], **overrides})
+        """A trainer with its own checkpoint slot: the k-th trainer of the run checkpoints
+        to ``checkpoints/fit<k>.pt`` (procedures make their trainers in a fixed order)."""
+        trainer = Trainer(**{**c["trainer"], **overrides})
+        trainer.dist = dctx
+        if dctx.active and trainer.device.type == "cuda":
+            trainer.device = torch.device("cuda", dctx.local_rank)
+        if folder is not None:
+            trainer.checkpoint = CheckpointSlot(folder.path / "checkpoints", f"fit{next(fits)}",
+                                                trainer.checkpoint_every_steps, folder.path / "metrics.jsonl",
+                                                writer=dctx.is_main)
+            trainer.resume = bool(c.get("resume", True))
+        return trainer
 
     def log_epoch(row: dict) -> None:
-        if folder is not None:
+        if folder is not None and dctx.is_main:
             folder.append_jsonl("metrics.jsonl", row)
         if say is not None:
             say(epoch_line(row))
 
     return RunContext(cfg=c, data=data, seed=seed, build_model=build_model,
-                      build_balancer=build_balancer, make_trainer=make_trainer, log_epoch=log_epoch)
+                      build_balancer=build_balancer, make_trainer=make_trainer, log_epoch=log_epoch,
+                      folder=folder.path if folder is not None and dctx.is_main else None)
 
 
 def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = False) -> dict:
     """Run (or skip, when already completed) the run described by ``cfg``; return its record."""
-    say = (lambda *a: None) if quiet else (lambda *a: print("[mtlbench]", *a, flush=True))
     c = OmegaConf.to_container(cfg, resolve=True)
+    dctx = from_env(c["trainer"].get("device") or "auto")  # torchrun: only rank 0 writes or talks
+    main = dctx.is_main
+    say = (lambda *a: None) if quiet or not main else (lambda *a: print("[mtlbench]", *a, flush=True))
     method, dataset, seed = method_name(c), c["dataset"]["name"], int(c["seed"])
     for reg, node in ((ARCHS, "arch"), (BALANCERS, "balancer"), (PROCEDURES, "procedure"), (DATASETS, "dataset")):
         reg.get(c[node]["name"])  # unknown names fail here, before anything is written
@@ -130,25 +151,31 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
             return folder.record()
         run_id = f"{run_id}-f{_dt.datetime.now().strftime('%Y%m%d%H%M%S%f')}"
         folder = RunFolder(c["results_dir"], dataset, method, run_id)
-    folder.acquire()
+    if main:
+        folder.acquire()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     try:
-        atomic_write_text(folder.path / "config.yaml", OmegaConf.to_yaml(c))
-        for name, text in (hydra_files or {}).items():
-            (folder.path / ".hydra").mkdir(exist_ok=True)
-            atomic_write_text(folder.path / ".hydra" / name, text)
-        (folder.path / "metrics.jsonl").unlink(missing_ok=True)  # a rerun of a failed run starts afresh
+        if main:
+            atomic_write_text(folder.path / "config.yaml", OmegaConf.to_yaml(c))
+            for name, text in (hydra_files or {}).items():
+                (folder.path / ".hydra").mkdir(exist_ok=True)
+                atomic_write_text(folder.path / ".hydra" / name, text)
+            if _prepare_resume(folder.path, bool(c.get("resume", True))):
+                say(f"resuming {method} on {dataset} (seed {seed}) from {folder.path / 'checkpoints'}")
+        if dctx.active:
+            torch.distributed.barrier()  # ranks > 0 read the checkpoints rank 0 kept
         seed_everything(int(c["dataset"].get("split_seed") or 0))
         data = build_data(c["dataset"], c.get("data_root"))
         seed_everything(seed)
         procedure = PROCEDURES.get(c["procedure"]["name"])(**_kw(c["procedure"]))
         say(f"{method} on {dataset} (seed {seed}, tasks {data.task_names}, "
             f"sizes {data.sizes()}) -> {folder.path}")
-        result = procedure(make_context(c, data, folder, say))
+        result = procedure(make_context(c, data, folder, say, dctx))
     except BaseException as exc:
-        _write_failed(folder, c, method, run_id, started, exc)
-        folder.release()
+        if main:
+            _write_failed(folder, c, method, run_id, started, exc)
+            folder.release()
         raise
     fit, model = result.fit, result.model
     record = {
@@ -171,12 +198,32 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
         "device": str(next(model.parameters()).device), "versions": versions(), "git_commit": git_commit(),
         "procedure_info": result.info, "config_hash": config_hash(c),
     }
+    if dctx.active:
+        record["world_size"] = dctx.world
+    if not main:
+        return record
     atomic_write_json(folder.run_json, record)
+    shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)  # only for resuming an unfinished run
     folder.release()
     shown = " ".join(f"{t}.{m}={v:.4f}" for t, ms in fit.test.items() for m, v in ms.items())
     say(f"test: {shown}")
     say(f"run.json: {folder.run_json}")
     return record
+
+
+def _prepare_resume(path: Path, resume: bool) -> bool:
+    """Cut metrics.jsonl back to the newest checkpoint and keep the checkpoints (True), or
+    start afresh: no checkpoints, no metrics.jsonl (False)."""
+    ckpt, log = path / "checkpoints", path / "metrics.jsonl"
+    size = checkpoint_log_bytes(ckpt) if resume and ckpt.is_dir() else None
+    if size is None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        log.unlink(missing_ok=True)
+        return False
+    if log.is_file() and log.stat().st_size > size:
+        with open(log, "r+b") as f:
+            f.truncate(size)
+    return True
 
 
 def _write_failed(folder: RunFolder, c: dict, method: str, run_id: str, started: str, exc: BaseException):

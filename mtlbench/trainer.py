@@ -9,6 +9,8 @@ evaluation); gradients are released with ``zero_grad(set_to_none=True)``.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,9 @@ import torch
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
+from .checkpoint import CheckpointSlot, rng_state, set_rng_state
 from .data import Batch, MTLData, TensorSplit
+from .distributed import SINGLE, DistContext, average_grads, mean_over_ranks, reduce_metrics, shard
 from .tasks import Task
 
 Scores = Dict[str, Dict[str, float]]
@@ -51,6 +55,21 @@ def _positive_int(key: str, value) -> int:
     return v
 
 
+@dataclass
+class _FitState:
+    """What a fit carries from epoch to epoch (and into a checkpoint)."""
+    epoch: int = 0                  # epochs completed
+    step: int = 0                   # steps done in the epoch in progress
+    partial: Optional[torch.Tensor] = None   # their per-task loss sum
+    gen_epoch_start: Optional[torch.Tensor] = None
+    history: List[dict] = field(default_factory=list)
+    first_val: Optional[dict] = None
+    best_score: float = math.inf
+    best_state: Optional[dict] = None
+    best_epoch: int = 0
+    elapsed: float = 0.0
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,12 +79,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Trainer:
     """Config keys (``trainer.*``): epochs, batch_size, eval_batch_size, max_steps_per_epoch,
     optimizer (a ``_partial_`` Hydra node), scheduler (same, or null), selection
-    ('last' | 'best'), grad_clip, progress, device."""
+    ('last' | 'best'), grad_clip, progress, device, check_finite, checkpoint_every_steps.
+
+    ``checkpoint`` (a ``CheckpointSlot``, set by the run for each fit; None = no
+    checkpoints) is written at the end of every epoch and, with ``checkpoint_every_steps``,
+    every that many steps; ``fit`` resumes from it when ``resume`` is true."""
 
     def __init__(self, epochs: int = 10, batch_size: int = 128, eval_batch_size: Optional[int] = None,
                  max_steps_per_epoch: Optional[int] = None, optimizer=None, scheduler=None,
                  selection: str = "last", grad_clip: Optional[float] = None, progress="auto",
-                 device: str = "auto", check_finite: bool = True):
+                 device: str = "auto", check_finite: bool = True,
+                 checkpoint_every_steps: Optional[int] = None, sync_batchnorm: bool = False,
+                 find_unused_parameters: bool = False):
         epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
         if eval_batch_size is not None:
             eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
@@ -81,6 +106,33 @@ class Trainer:
         self.selection, self.grad_clip, self.progress = selection, grad_clip, progress
         self.device = resolve_device(device)
         self.check_finite = check_finite
+        if checkpoint_every_steps is not None:
+            checkpoint_every_steps = _positive_int("checkpoint_every_steps", checkpoint_every_steps)
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.checkpoint: Optional[CheckpointSlot] = None
+        self.resume = True
+        self.sync_batchnorm, self.find_unused_parameters = bool(sync_batchnorm), bool(find_unused_parameters)
+        self.dist: DistContext = SINGLE   # set by the run under torchrun (see mtlbench.distributed)
+        self._ddp: dict = {}
+        self.first_bad_step = None
+
+    def _net(self, model):
+        """What the forward pass runs: the model, or its DDP wrapper under torchrun."""
+        if not self.dist.active:
+            return model
+        if id(model) not in self._ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            if self.sync_batchnorm:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            self._ddp[id(model)] = DDP(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
+        return self._ddp[id(model)]
+
+    def check_distributed(self, balancer) -> None:
+        if self.dist.active and not getattr(balancer, "distributed", True):
+            raise ValueError(f"balancer {type(balancer).__name__} computes per-task gradients on each process's "
+                             f"shard and cannot run under torchrun: run it on one process")
 
     # ----------------------------------------------------------------- building
     def make_optimizer(self, model, balancer) -> torch.optim.Optimizer:
@@ -93,32 +145,57 @@ class Trainer:
         return None if not self.scheduler_cfg else instantiate(self.scheduler_cfg)(optimizer)
 
     # ----------------------------------------------------------------- loops
-    def train_epoch(self, model, balancer, optimizer, batches, tasks: Sequence[Task], bar=None):
-        """One pass over ``batches``; returns the mean training loss per task (on device)."""
+    def train_epoch(self, model, balancer, optimizer, batches, tasks: Sequence[Task], bar=None, *,
+                    start_step: int = 0, partial: Optional[torch.Tensor] = None,
+                    on_step: Optional[Callable[[int, torch.Tensor], None]] = None):
+        """One pass over ``batches``; returns the mean training loss per task (on device).
+        A resumed epoch passes the steps already done (``start_step``, their loss sum
+        ``partial``) and the remaining batches. ``on_step(steps_done, loss_sum)`` runs
+        after each step (checkpoints use it)."""
         model.train()
+        net = self._net(model)
         names = [t.name for t in tasks]
-        total, steps = None, 0
+        total, steps, first_bad = partial, start_step, None
         for batch in batches:
-            batch = batch.to(self.device)
-            preds = model(batch.x)
+            batch = shard(batch.to(self.device), self.dist)
+            preds = net(batch.x)
             masks = batch.masks
             losses = {t.name: t.loss(preds[t.name], batch.targets[t.name],
                                      None if masks is None else masks[t.name]) for t in tasks}
             optimizer.zero_grad(set_to_none=True)
             balancer.backward(losses, model)
+            if self.dist.active:
+                average_grads(balancer.parameters())
             if self.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
             optimizer.step()
             stacked = torch.stack([losses[n] for n in names]).detach()
             total = stacked if total is None else total + stacked
             steps += 1
+            if self.check_finite:  # first non-finite step per task, tracked on the device (no sync)
+                if first_bad is None:
+                    first_bad = torch.full_like(stacked, -1.0)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(stacked), float(steps), first_bad)
             if bar is not None:
                 bar.update(1)
+            if on_step is not None:
+                on_step(steps, total)
             if steps >= self.max_steps:
                 break
         if total is None:
             raise TrainingError("the training split yielded no batch: check dataset.limit and trainer.batch_size")
-        return total / steps
+        self.first_bad_step = None if first_bad is None else dict(zip(names, first_bad.tolist()))
+        return total / steps if not self.dist.active else mean_over_ranks(total / steps)
+
+    def _step_hook(self, snapshot: Callable[[int, torch.Tensor], None]):
+        every = self.checkpoint_every_steps
+        if self.checkpoint is None or not every:
+            return None
+
+        def on_step(steps: int, total: torch.Tensor) -> None:
+            if steps % every == 0:
+                snapshot(steps, total)
+        return on_step
 
     @torch.no_grad()
     def evaluate(self, model, split: TensorSplit, tasks: Sequence[Task]):
@@ -127,7 +204,9 @@ class Trainer:
         metrics = {t.name: t.metrics() for t in tasks}
         loss_sum = {t.name: 0.0 for t in tasks}
         count = {t.name: 0.0 for t in tasks}
-        for batch in split.batches(self.eval_batch_size):
+        for i, batch in enumerate(split.batches(self.eval_batch_size)):
+            if self.dist.active and i % self.dist.world != self.dist.rank:
+                continue  # each rank evaluates every world-th batch; accumulators are combined below
             batch = batch.to(self.device)
             preds = model(batch.x)
             for t in tasks:
@@ -138,6 +217,8 @@ class Trainer:
                 count[t.name] = count[t.name] + n
                 for m in metrics[t.name]:
                     m.update(p, y, mask)
+        if self.dist.active:
+            reduce_metrics(metrics, loss_sum, count, self.device)
         scores = {t: {m.name: m.compute() for m in ms} for t, ms in metrics.items()}
         losses = {t: (float(loss_sum[t]) / float(count[t]) if float(count[t]) > 0 else float("nan"))
                   for t in loss_sum}
@@ -150,20 +231,65 @@ class Trainer:
         tasks = data.tasks
         model.to(self.device)
         balancer.to(self.device)
+        self.check_distributed(balancer)
         optimizer = self.make_optimizer(model, balancer)
         scheduler = self.make_scheduler(optimizer)
         gen = torch.Generator().manual_seed(seed)
         train = data.splits["train"]
         steps_per_epoch = min(train.num_batches(self.batch_size, drop_last=True), self.max_steps)
-        history: List[dict] = []
-        first_val, best_score, best_state, best_epoch = None, math.inf, None, self.epochs
-        for epoch in range(1, self.epochs + 1):
+        st = _FitState(best_epoch=self.epochs)
+        saved = self.checkpoint.load() if self.checkpoint is not None and self.resume else None
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            balancer.load_state_dict(saved["balancer"])
+            if saved.get("done"):  # a finished phase of a resumed procedure: replay its result
+                set_rng_state(saved["rng"])
+                return FitResult(**saved["result"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler") is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            st = _FitState(**saved["fit_state"])
+            t0 -= st.elapsed
+
+        def snapshot(epoch: int, step: int, partial=None, done: Optional[FitResult] = None) -> None:
+            if self.checkpoint is None:
+                return
+            st.elapsed = time.perf_counter() - t0
+            state = {"epoch": epoch, "step": step, "model": model.state_dict(),
+                     "balancer": balancer.state_dict(), "rng": rng_state()}
+            if done is not None:
+                state.update(done=True, result=dataclasses.asdict(done))
+            else:
+                state.update(optimizer=optimizer.state_dict(),
+                             scheduler=None if scheduler is None else scheduler.state_dict(),
+                             fit_state=dataclasses.asdict(dataclasses.replace(st, epoch=epoch, step=step,
+                                                                              partial=partial)))
+            self.checkpoint.save(state)
+
+        for epoch in range(st.epoch + 1, self.epochs + 1):
             te = time.perf_counter()
-            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{self.epochs}", leave=False,
+            start, partial = st.step, st.partial
+            if start:
+                gen.set_state(st.gen_epoch_start)
+            else:
+                st.gen_epoch_start = gen.get_state()
+            with tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch}/{self.epochs}", leave=False,
                       disable=None if self.progress == "auto" else not self.progress,
                       dynamic_ncols=True) as bar:
-                batches = train.batches(self.batch_size, shuffle=True, generator=gen, drop_last=True)
-                train_loss_t = self.train_epoch(model, balancer, optimizer, batches, tasks, bar)
+                batches = iter(train.batches(self.batch_size, shuffle=True, generator=gen, drop_last=True))
+                if start:  # replay the epoch's order, skip what was done, then the RNGs of then
+                    for _ in itertools.islice(batches, start):
+                        pass
+                    set_rng_state(saved["rng"])
+                    partial = partial.to(self.device)
+
+                def on_step_ckpt(steps, total, _epoch=epoch):
+                    self._check_finite_sum(total, data.task_names, steps, _epoch)
+                    snapshot(_epoch - 1, steps, total.detach().cpu())
+                train_loss_t = self.train_epoch(model, balancer, optimizer, batches, tasks, bar,
+                                                start_step=start, partial=partial,
+                                                on_step=self._step_hook(on_step_ckpt))
+            st.step, st.partial = 0, None
             train_loss = dict(zip(data.task_names, train_loss_t.tolist()))
             self._check_finite(train_loss, epoch)
             balancer_state = balancer.epoch_end(train_loss)
@@ -178,27 +304,41 @@ class Trainer:
                 row["balancer_weights"] = balancer_weights
             if balancer_state:
                 row["balancer"] = balancer_state
-            history.append(row)
+            st.history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
             if self.selection == "best":
-                first_val = first_val or val_loss
-                score = sum(val_loss[t] / first_val[t] if first_val[t] > 0 else val_loss[t]
+                st.first_val = st.first_val or val_loss
+                score = sum(val_loss[t] / st.first_val[t] if st.first_val[t] > 0 else val_loss[t]
                             for t in val_loss) / len(val_loss)
-                if score < best_score:
-                    best_score, best_epoch = score, epoch
-                    best_state = copy.deepcopy(model.state_dict())
-        if self.selection == "best" and best_state is not None:
-            model.load_state_dict(best_state)
-        val, val_loss = history[best_epoch - 1]["val"], history[best_epoch - 1]["val_loss"]
+                if score < st.best_score:
+                    st.best_score, st.best_epoch = score, epoch
+                    st.best_state = copy.deepcopy(model.state_dict())
+            st.gen_epoch_start = gen.get_state()
+            snapshot(epoch, 0)
+        if self.selection == "best" and st.best_state is not None:
+            model.load_state_dict(st.best_state)
+        history = st.history
+        val, val_loss = history[st.best_epoch - 1]["val"], history[st.best_epoch - 1]["val_loss"]
         test, test_loss = self.evaluate(model, data.splits["test"], tasks)
-        return FitResult(history, best_epoch, val, val_loss, test, test_loss,
-                         wall_time_s=time.perf_counter() - t0)
+        result = FitResult(history, st.best_epoch, val, val_loss, test, test_loss,
+                           wall_time_s=time.perf_counter() - t0)
+        snapshot(self.epochs, 0, done=result)
+        return result
+
+    def _check_finite_sum(self, total: torch.Tensor, names, steps: int, epoch: int) -> None:
+        if self.check_finite and not bool(torch.isfinite(total).all()):
+            bad = [n for n, ok in zip(names, torch.isfinite(total).tolist()) if not ok]
+            raise TrainingError(f"non-finite training loss for task(s) {bad} by step {steps} of epoch {epoch}; "
+                                f"lower trainer.optimizer.lr or set trainer.grad_clip")
 
     def _check_finite(self, train_loss: Dict[str, float], epoch: int) -> None:
         if not self.check_finite:
             return
         bad = [t for t, v in train_loss.items() if not math.isfinite(v)]
         if bad:
-            raise TrainingError(f"non-finite training loss for task(s) {bad} in epoch {epoch}; "
+            first = getattr(self, "first_bad_step", None) or {}
+            at = ", ".join(f"{t} at step {int(first[t])}" for t in bad if first.get(t, -1) > 0)
+            raise TrainingError(f"non-finite training loss for task(s) {bad} in epoch {epoch}"
+                                f"{f' ({at} of the epoch)' if at else ''}; "
                                 f"lower trainer.optimizer.lr or set trainer.grad_clip")

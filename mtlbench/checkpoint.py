@@ -1,0 +1,122 @@
+"""Checkpoints for exact resume of a trainer fit.
+
+A run folder holds ``checkpoints/fit<k>.pt`` for the k-th ``Trainer.fit`` of the run (a
+procedure with several phases fits several times, always in the same order), each with a
+small sidecar ``fit<k>.json`` (``epoch``, ``step``, ``done``, ``log_bytes``). Both are
+written atomically (temp file + rename), the sidecar last, so a run killed at any instant
+(SIGKILL included) leaves the previous complete checkpoint in place.
+
+What a checkpoint holds: model, optimizer, scheduler and balancer state (buffers,
+learnable parameters and the balancer's Python-level state, e.g. DWA's loss history,
+UW's log-variances), the epoch and the step within it, the data-order generator's state
+at the start of that epoch (the epoch's batch order is replayed and the steps already
+done are skipped), the RNG states of torch, numpy and python at the checkpoint, the
+epoch history and the partial loss sums of the current epoch, the best-epoch state for
+``selection=best``, and the size of ``metrics.jsonl`` then (on resume the log is cut back
+to it, so no epoch line is written twice). A finished fit keeps its final model and
+result, so a resumed multi-phase procedure replays finished phases without training.
+
+On CPU with the same seed a resumed run ends with exactly the metrics of an
+uninterrupted one (tested with a real SIGKILL).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; ``str()`` names the file and the fix."""
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CheckpointSlot:
+    """Where one fit's checkpoint lives. ``every_steps``: also checkpoint every that many
+    training steps inside an epoch (None: at the end of each epoch only).
+    ``log_path``: the run's metrics.jsonl (its size is recorded for the cut on resume)."""
+
+    def __init__(self, directory, name: str, every_steps: Optional[int] = None, log_path=None,
+                 writer: bool = True):
+        self.dir, self.name = Path(directory), name
+        self.writer = writer  # False on torchrun ranks > 0: they read rank 0's checkpoints
+        self.every_steps = every_steps
+        self.log_path = Path(log_path) if log_path else None
+
+    @property
+    def path(self) -> Path:
+        return self.dir / f"{self.name}.pt"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / f"{self.name}.json"
+
+    def save(self, state: dict) -> None:
+        if not self.writer:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log_bytes = self.log_path.stat().st_size if self.log_path and self.log_path.is_file() else 0
+        buf = io.BytesIO()
+        torch.save({"version": VERSION, **state}, buf)
+        _atomic_bytes(self.path, buf.getvalue())
+        meta = {"epoch": state["epoch"], "step": state["step"], "done": bool(state.get("done")),
+                "log_bytes": log_bytes}
+        _atomic_bytes(self.meta_path, json.dumps(meta).encode())
+
+    def load(self) -> Optional[dict]:
+        """The saved state, or None when there is none (a .pt without its sidecar is an
+        unfinished write and is ignored)."""
+        if not self.meta_path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"corrupt checkpoint {self.path} ({type(exc).__name__}); delete it to "
+                                  f"restart that phase, or rerun with resume=false") from None
+        if not isinstance(state, dict) or state.get("version") != VERSION:
+            raise CheckpointError(f"checkpoint {self.path} is not an mtlbench v{VERSION} checkpoint; "
+                                  f"delete it or rerun with resume=false")
+        return state
+
+
+def checkpoint_log_bytes(directory) -> Optional[int]:
+    """The metrics.jsonl size recorded by the newest checkpoint in ``directory`` (None: none)."""
+    sizes = []
+    for meta in Path(directory).glob("fit*.json"):
+        try:
+            sizes.append(int(json.loads(meta.read_text())["log_bytes"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"corrupt checkpoint metadata {meta}; delete {Path(directory)} "
+                                  f"or rerun with resume=false") from None
+    return max(sizes) if sizes else None
