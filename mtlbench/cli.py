@@ -14,6 +14,7 @@ from typing import List, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .checkpoint import CheckpointError
 from .data import DataError
 from .registry import ALL, RegistryError
 from .store import StoreError
@@ -30,7 +31,8 @@ commands:
   group    select task groups from a score table: python -m mtlbench group scores=FILE.csv budget=2
 """
 
-KNOWN_ERRORS = (RegistryError, DataError, StoreError, TrainingError, ValueError, TypeError, FileNotFoundError)
+# OSError: disk full, permissions, unreadable files (the message names the path)
+KNOWN_ERRORS = (RegistryError, DataError, StoreError, TrainingError, CheckpointError, ValueError, TypeError, OSError)
 CONFIG_GROUPS = ("method", "dataset", "arch", "balancer", "procedure", "backbone", "profile", "trainer")
 
 _failures: List[str] = []
@@ -80,6 +82,9 @@ def _hydra_run(cfg: DictConfig) -> None:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if hc.mode == RunMode.MULTIRUN:  # keep the sweep going; report at the end
             _failures.append(msg)
+            if os.environ.get("MTLBENCH_FAILURES"):  # jobs in launcher worker processes
+                with open(os.environ["MTLBENCH_FAILURES"], "a") as f:
+                    f.write(msg.replace("\n", " ") + "\n")
             fail(f"{msg} (job {hc.job.num}; sweep continues)")
             return
         raise SystemExit(fail(msg))
@@ -100,29 +105,58 @@ def precompose(args: List[str]) -> Optional[str]:
     return None
 
 
+LAUNCHER_PLUGINS = {"local": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+                    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+
+
+def check_launcher(args: List[str]) -> Optional[str]:
+    import importlib.util
+
+    for a in args:
+        key, _, value = a.partition("=")
+        if key.lstrip("+") == "hydra/launcher" and value in LAUNCHER_PLUGINS:
+            module, extra = LAUNCHER_PLUGINS[value]
+            if importlib.util.find_spec(module) is None:
+                return f"hydra/launcher={value} needs its Hydra plugin: pip install -e \".[{extra}]\""
+    return None
+
+
 def run_cli(args: List[str]) -> int:
-    msg = check_group_overrides(args) or precompose(args)
+    msg = check_launcher(args) or check_group_overrides(args) or precompose(args)
     if msg:
         return fail(msg)
     _failures.clear()
+    import tempfile
+
+    fd, failures_file = tempfile.mkstemp(prefix="mtlbench-failures-", suffix=".txt")
+    os.close(fd)
+    os.environ["MTLBENCH_FAILURES"] = failures_file
+    # launcher workers (joblib's reused processes, SLURM jobs) get it through Hydra
+    env_override = f"++hydra.job.env_set.MTLBENCH_FAILURES={failures_file}"
     flags = [a for a in args if a.startswith("-")]  # Hydra takes -m/--multirun before overrides only
     saved = sys.argv
-    sys.argv = ["mtlbench run", *flags, *[a for a in args if not a.startswith("-")]]
+    sys.argv = ["mtlbench run", *flags, *[a for a in args if not a.startswith("-")], env_override]
     try:
         _hydra_run()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc.code)
     finally:
         sys.argv = saved
-    if _failures:
-        return fail(f"{len(_failures)} job(s) of the sweep failed (see above)")
+        os.environ.pop("MTLBENCH_FAILURES", None)
+        with open(failures_file) as f:
+            failed = len(f.read().splitlines())
+        os.unlink(failures_file)
+    if failed or _failures:
+        return fail(f"{max(failed, len(_failures))} job(s) of the sweep failed (see above)")
     return 0
 
 
 def report_cli(args: List[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
-    from .report import ReportError, write_report
+    from .report import Options, ReportError, write_all, write_report
 
     bad = [a for a in args if "=" not in a]
     if bad:
@@ -134,16 +168,23 @@ def report_cli(args: List[str]) -> int:
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(args))
         c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
-        if "dataset" in str(exc) and "Missing" in type(exc).__name__:
-            return fail("report needs dataset=<name>, e.g. python -m mtlbench report dataset=multimnist")
         return fail(f"{str(exc).splitlines()[0]}; report keys: {', '.join(base.keys())}")
+    fmt = c["format"] if isinstance(c["format"], list) else [c["format"]]
+    methods = c["methods"] if isinstance(c["methods"], (list, type(None))) else [c["methods"]]
     try:
-        out = write_report(c["results_dir"], c["reports_dir"], c["dataset"], c["baseline"],
-                           c.get("methods"), c.get("split", "test"))
-    except (ReportError, StoreError) as exc:
+        opts = Options(baseline=c["baseline"], methods=methods, split=c["split"], formats=fmt, test=c["test"],
+                       alpha=float(c["alpha"]), delta=c["delta"], confidence=float(c["confidence"]),
+                       n_resamples=int(c["n_resamples"]), posthoc=c["posthoc"], seed=int(c["seed"]),
+                       plots=bool(c["plots"])).check()
+        if c["dataset"] in (None, "", "all"):
+            out = write_all(c["results_dir"], c["reports_dir"], opts)
+        else:
+            out = write_report(c["results_dir"], c["reports_dir"], c["dataset"], opts=opts)
+    except (ReportError, StoreError, ValueError) as exc:
         return fail(str(exc))
     print((out / "summary.md").read_text())
-    print(f"[mtlbench] report written to {out}/summary.csv and summary.md")
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    print(f"[mtlbench] report written to {out}/: {', '.join(files)}")
     return 0
 
 
