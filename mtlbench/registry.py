@@ -102,6 +102,7 @@ def load_all() -> None:
 
 def _import_everything() -> None:
     from . import backbones, procedures, resnet, segnet  # noqa: F401  (built-in registrations)
+    from . import resmlp  # noqa: F401  (residual MLP backbone for tabular data)
 
     for pkg_name in ("mtlbench.methods", "mtlbench.datasets"):
         pkg = importlib.import_module(pkg_name)

@@ -34,6 +34,8 @@ def completed(results_dir):
 PAIR_DATASETS = {
     "multimnist": [],
     "scenes": ["dataset=scenes", "dataset.n_train=32", "dataset.n_val=16", "dataset.n_test=16"],
+    # tabular: the residual MLP backbone on 5 of Yeast's 14 binary tasks (embedded)
+    "yeast": ["dataset=yeast", "dataset.max_tasks=5", "backbone.width=16"],
 }
 CASES = [(a, b, d) for d in PAIR_DATASETS for a, b in PAIRS]
 

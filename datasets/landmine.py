@@ -1,0 +1,45 @@
+"""Landmine detection (Xue, Liao, Carin & Krishnapuram, JMLR 2007): 29 binary tasks, one per field.
+
+File: ``LandmineData.mat``, MATLAB cell arrays ``feature`` (1 x 29, n_t x 9 features) and
+``label`` (1 x 29, n_t x 1 in {0, 1}); 14,820 samples, 904 positives. Looked for at
+``<root>/LandmineData.mat`` or ``<root>/landmine/LandmineData.mat``.
+
+Split: per field, stratified by label, ``train_fraction`` (0.75) to train+val (val =
+``val_fraction`` of it), the rest to test, seeded by ``dataset.split_seed`` (= ``${seed}``).
+Each sample labels one task (masks). Metrics per task: ``auc`` ↑ (the literature's
+metric), ``accuracy`` ↑. Tasks are named ``f01`` .. ``f29`` (the cell index).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mtlbench.data import DataError, MTLData
+from mtlbench.registry import DATASETS
+from mtlbench.tabular import BinaryTask
+from mtlbench.tabular_data import (check_fractions, cells, choose_tasks, find_file, load_mat, per_task_split,
+                                   pool_cells, pooled_splits)
+
+HOW = ("get LandmineData.mat (Xue et al. 2007; e.g. github.com/daizhongxiang/Federated_Bayesian_Optimization) "
+       "and set dataset.root=<folder holding it>")
+
+
+@DATASETS.register("landmine")
+def build(root: Optional[str] = None, split_seed: int = 0, tasks: Optional[Sequence[str]] = None,
+          max_tasks: Optional[int] = None, train_fraction: float = 0.75, val_fraction: float = 0.1,
+          head_hidden: int = 0) -> MTLData:
+    check_fractions(train_fraction, val_fraction)
+    path = find_file(root, "landmine", "LandmineData.mat", HOW)
+    mat = load_mat(path)
+    xs, ys = cells(mat, "feature", path), cells(mat, "label", path)
+    all_names = [f"f{k + 1:02d}" for k in range(len(xs))]
+    keep = choose_tasks(all_names, tasks, max_tasks, "landmine")
+    names = [all_names[k] for k in keep]
+    x, y, tid, groups = pool_cells(xs, ys, keep, path)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise DataError(f"{path}: labels must be 0/1 (found {np.unique(y)[:5]})")
+    index = per_task_split(groups, train_fraction, val_fraction, split_seed, strata=[y[g] for g in groups])
+    splits = pooled_splits(x, y, tid, names, index)
+    return MTLData("landmine", [BinaryTask(n, head_hidden=head_hidden) for n in names], (x.shape[1],), splits,
+                   info={"file": str(path), "n_tasks": len(names)})

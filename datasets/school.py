@@ -1,0 +1,46 @@
+"""School (ILEA London schools exam scores): 139 regression tasks, one per school.
+
+File: ``school.mat`` (MALSAR's ``data/school.mat``), MATLAB cell arrays ``X`` (1 x 139, an
+n_t x 28 array per school) and ``Y`` (1 x 139, n_t x 1 exam scores 1..70); 15,362 students.
+Looked for at ``<root>/school.mat`` or ``<root>/school/school.mat``.
+
+Protocol (Argyriou, Evgeniou & Pontil 2008; Bakker & Heskes 2003): a random 75/25
+train/test split PER SCHOOL, repeated over seeds (``dataset.split_seed``, which the config
+sets to ``${seed}``); val is carved from each school's training part (``val_fraction``).
+Each student labels one task (masks, see ``mtlbench.tabular_data``). Targets are
+standardised per school on its training rows; metrics are on the original score scale:
+``rmse`` ↓, ``explained_variance`` ↑ (``mae`` ↓ with ``metrics=[rmse, mae, explained_variance]``).
+Tasks are named ``s001`` .. ``s139`` (the cell index).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from mtlbench.data import MTLData
+from mtlbench.registry import DATASETS
+from mtlbench.tabular import RegressionTask
+from mtlbench.tabular_data import (check_fractions, cells, choose_tasks, find_file, load_mat, per_task_split,
+                                   pool_cells, pooled_splits, task_scales)
+
+HOW = ("get school.mat from MALSAR (github.com/jiayuzhou/MALSAR, data/school.mat) and set "
+       "dataset.root=<folder holding it>")
+
+
+@DATASETS.register("school")
+def build(root: Optional[str] = None, split_seed: int = 0, tasks: Optional[Sequence[str]] = None,
+          max_tasks: Optional[int] = None, train_fraction: float = 0.75, val_fraction: float = 0.1,
+          metrics: Sequence[str] = ("rmse", "explained_variance"), head_hidden: int = 0) -> MTLData:
+    check_fractions(train_fraction, val_fraction)
+    path = find_file(root, "school", "school.mat", HOW)
+    mat = load_mat(path)
+    xs, ys = cells(mat, "X", path), cells(mat, "Y", path)
+    all_names = [f"s{k + 1:03d}" for k in range(len(xs))]
+    keep = choose_tasks(all_names, tasks, max_tasks, "school")
+    names = [all_names[k] for k in keep]
+    x, y, tid, groups = pool_cells(xs, ys, keep, path)
+    index = per_task_split(groups, train_fraction, val_fraction, split_seed)
+    scales = task_scales(y, tid, index["train"], names)
+    splits = pooled_splits(x, y, tid, names, index, scales)
+    task_objs = [RegressionTask(n, *scales[n], head_hidden=head_hidden, metrics=list(metrics)) for n in names]
+    return MTLData("school", task_objs, (x.shape[1],), splits,
+                   info={"file": str(path), "n_tasks": len(names)})
