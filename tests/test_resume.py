@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mtlbench.cli
 import mtlbench.tasks
 from mtlbench.store import iter_runs
 
@@ -107,6 +108,14 @@ def test_nan_loss_fails_with_task_and_step_and_keeps_checkpoint(results_dir, run
     assert rec["status"] == "failed" and "non-finite" in rec["reason"] and "right" in rec["reason"]
     meta = json.loads((folder / "checkpoints" / "fit1.json").read_text())
     assert meta["epoch"] == 1 and meta["step"] == 0  # the last good checkpoint (end of epoch 1)
+    # a report over this store says the failed run was left out
+    monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
+    assert run_cli(*args, "method=stl") == 0
+    capsys.readouterr()
+    mtlbench.cli.main(["report", "dataset=multimnist", f"results_dir={results_dir}",
+                       f"reports_dir={results_dir.parent / 'reports'}", "plots=false"])
+    out = capsys.readouterr()
+    assert "1 failed or unfinished run(s) left out" in out.out + out.err
 
 
 def test_corrupt_checkpoint_is_one_line_naming_the_file(results_dir, run_cli, monkeypatch, capsys):
