@@ -211,7 +211,7 @@ class MGDA(Balancer):
         self.alpha_sum += alpha
         self.steps += 1
         total = (stacked.float() * alpha).sum()
-        total.backward()
+        self.scaled(total).backward()  # the AMP loss scale (fp16) applies to the final backward only
         return total.detach()
 
     def _mean_alpha(self) -> Optional[Dict[str, float]]:

@@ -41,14 +41,20 @@ class Balancer(nn.Module):
     def get_extra_state(self):
         plain = (int, float, str, bool, list, tuple, dict, type(None))
         return {k: copy.deepcopy(v) for k, v in vars(self).items()
-                if k not in self._MODULE_KEYS and isinstance(v, plain)}
+                if k not in self._MODULE_KEYS and k != "grad_scaler" and isinstance(v, plain)}
 
     def set_extra_state(self, state) -> None:
         self.__dict__.update(copy.deepcopy(state))
 
+    grad_scaler = None  # set by the trainer under trainer.amp=fp16 (a torch.amp.GradScaler)
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """What to call ``backward`` on: the loss, times the AMP loss scale under fp16."""
+        return loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
+
     def backward(self, losses: Dict[str, torch.Tensor], model) -> torch.Tensor:
         loss = self.combine(losses)
-        loss.backward()
+        self.scaled(loss).backward()
         return loss.detach()
 
     def epoch_end(self, train_losses: Dict[str, float]) -> dict:

@@ -103,6 +103,37 @@ def collate(samples) -> Batch:
     return Batch(xs, targets, masks)
 
 
+class _Order:
+    """A sampler whose order is set before each epoch (so a DataLoader can be reused)."""
+
+    def __init__(self):
+        self.order: List[int] = []
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class _PerSampleSeed:
+    """Reads ``dataset[i]`` with torch's RNG seeded for that sample (the sampler yields
+    ``(i, seed)``), so random augmentation does not depend on which worker (or the main
+    process) reads the sample: 0 or N DataLoader workers give the same batches."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        i, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[i]
+
+
 class DatasetSplit:
     """A split backed by a map-style dataset (files read lazily, augmentation per sample).
 
@@ -114,21 +145,30 @@ class DatasetSplit:
     """
 
     def __init__(self, dataset, indices: Optional[Sequence[int]] = None, tasks: Optional[Sequence[str]] = None,
-                 num_workers: int = 0, pin_memory: bool = False):
+                 num_workers: int = 0, pin_memory="auto", persistent_workers="auto",
+                 prefetch_factor: Optional[int] = None):
         self.dataset = dataset
         self.indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
         self.tasks = list(tasks) if tasks is not None else None
-        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.num_workers = int(num_workers or 0)
+        # auto: pin host memory when a GPU will consume the batches; keep workers alive
+        # between epochs when there are workers (no per-epoch process start-up)
+        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.persistent_workers = (self.num_workers > 0 if persistent_workers == "auto"
+                                   else bool(persistent_workers) and self.num_workers > 0)
+        self.prefetch_factor = prefetch_factor if self.num_workers > 0 else None
+        self._loaders: dict = {}
+        self._loader_opts = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                 persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def subset(self, idx) -> "DatasetSplit":
-        return DatasetSplit(self.dataset, self.indices[torch.as_tensor(idx)], self.tasks,
-                            self.num_workers, self.pin_memory)
+        return DatasetSplit(self.dataset, self.indices[torch.as_tensor(idx)], self.tasks, **self._loader_opts)
 
     def select_tasks(self, names: Sequence[str]) -> "DatasetSplit":
-        return DatasetSplit(self.dataset, self.indices, names, self.num_workers, self.pin_memory)
+        return DatasetSplit(self.dataset, self.indices, names, **self._loader_opts)
 
     def _collate(self, samples) -> Batch:
         b = collate(samples)
@@ -142,14 +182,22 @@ class DatasetSplit:
         from torch.utils.data import DataLoader
 
         order = self.indices[torch.randperm(len(self), generator=generator)] if shuffle else self.indices
-        worker_gen = None
-        if generator is not None:
-            worker_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else None
         drop_last = drop_last and len(self) >= batch_size  # as TensorSplit: never an empty epoch
-        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order.tolist(), drop_last=drop_last,
-                            collate_fn=self._collate, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, generator=worker_gen,
-                            persistent_workers=False)
+        key = (batch_size, drop_last)
+        if key not in self._loaders:
+            # one loader per batch geometry, reused across epochs (persistent workers stay
+            # alive); each epoch sets its order in the sampler and reseeds the worker RNGs
+            sampler, gen = _Order(), torch.Generator()
+            loader = DataLoader(_PerSampleSeed(self.dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                collate_fn=self._collate, num_workers=self.num_workers,
+                                pin_memory=self.pin_memory, generator=gen,
+                                persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
+            self._loaders[key] = (loader, sampler, gen)
+        loader, sampler, gen = self._loaders[key]
+        base = seed if seed is not None else 0
+        sampler.order = [(i, (base + k) % 2**63) for k, i in enumerate(order.tolist())]
+        gen.manual_seed(base)
         return iter(loader)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointSlot, rng_state, set_rng_state
 from .data import Batch, MTLData, TensorSplit
+from .speed import SpeedOptions
 from .distributed import SINGLE, DistContext, average_grads, mean_over_ranks, reduce_metrics, shard
 from .tasks import Task
 
@@ -90,7 +91,8 @@ class Trainer:
                  selection: str = "last", grad_clip: Optional[float] = None, progress="auto",
                  device: str = "auto", check_finite: bool = True,
                  checkpoint_every_steps: Optional[int] = None, sync_batchnorm: bool = False,
-                 find_unused_parameters: bool = False):
+                 find_unused_parameters: bool = False, amp: Optional[str] = None,
+                 channels_last: bool = False, compile=False):
         epochs, batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
         if eval_batch_size is not None:
             eval_batch_size = _positive_int("eval_batch_size", eval_batch_size)
@@ -115,11 +117,13 @@ class Trainer:
         self.dist: DistContext = SINGLE   # set by the run under torchrun (see mtlbench.distributed)
         self._ddp: dict = {}
         self.first_bad_step = None
+        self.speed = SpeedOptions(amp, channels_last, compile, self.device)
 
     def _net(self, model):
-        """What the forward pass runs: the model, or its DDP wrapper under torchrun."""
+        """What the forward pass runs: the model, its DDP wrapper under torchrun, compiled
+        when ``trainer.compile`` asks (falling back to eager with a message)."""
         if not self.dist.active:
-            return model
+            return self.speed.compiled(model)
         if id(model) not in self._ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -127,7 +131,7 @@ class Trainer:
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             ids = [self.device.index or 0] if self.device.type == "cuda" else None
             self._ddp[id(model)] = DDP(model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
-        return self._ddp[id(model)]
+        return self.speed.compiled(self._ddp[id(model)], owner=model)
 
     def check_distributed(self, balancer) -> None:
         if self.dist.active and not getattr(balancer, "distributed", True):
@@ -153,12 +157,15 @@ class Trainer:
         ``partial``) and the remaining batches. ``on_step(steps_done, loss_sum)`` runs
         after each step (checkpoints use it)."""
         model.train()
-        net = self._net(model)
+        net, sp = self._net(model), self.speed
+        balancer.grad_scaler = sp.scaler
         names = [t.name for t in tasks]
         total, steps, first_bad = partial, start_step, None
         for batch in batches:
-            batch = shard(batch.to(self.device), self.dist)
-            preds = net(batch.x)
+            batch = shard(batch.to(self.device, non_blocking=True), self.dist)
+            with sp.autocast():
+                preds = net(sp.layout(batch.x))
+            preds = sp.fp32(preds)
             masks = batch.masks
             losses = {t.name: t.loss(preds[t.name], batch.targets[t.name],
                                      None if masks is None else masks[t.name]) for t in tasks}
@@ -166,9 +173,7 @@ class Trainer:
             balancer.backward(losses, model)
             if self.dist.active:
                 average_grads(balancer.parameters())
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-            optimizer.step()
+            sp.step(optimizer, model, self.grad_clip)
             stacked = torch.stack([losses[n] for n in names]).detach()
             total = stacked if total is None else total + stacked
             steps += 1
@@ -207,8 +212,9 @@ class Trainer:
         for i, batch in enumerate(split.batches(self.eval_batch_size)):
             if self.dist.active and i % self.dist.world != self.dist.rank:
                 continue  # each rank evaluates every world-th batch; accumulators are combined below
-            batch = batch.to(self.device)
-            preds = model(batch.x)
+            batch = batch.to(self.device, non_blocking=True)
+            with self.speed.autocast():
+                preds = self.speed.fp32(self.speed.compiled(model)(self.speed.layout(batch.x)))
             for t in tasks:
                 mask = None if batch.masks is None else batch.masks[t.name]
                 y, p = batch.targets[t.name], preds[t.name]
@@ -230,6 +236,8 @@ class Trainer:
         t0 = time.perf_counter()
         tasks = data.tasks
         model.to(self.device)
+        if self.speed.channels_last:
+            model.to(memory_format=torch.channels_last)
         balancer.to(self.device)
         self.check_distributed(balancer)
         optimizer = self.make_optimizer(model, balancer)
