@@ -57,6 +57,7 @@ def _worker(rank, init_file, balancer_name, out):
         params, loss, scores, losses = _step(model, balancer, batch, DistContext(rank, 2, rank))
         if rank == 0:
             torch.save({"params": params, "loss": loss, "scores": scores, "losses": losses, "seen": seen}, out)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
