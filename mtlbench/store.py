@@ -23,9 +23,18 @@ NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume
                      "trainer.checkpoint_every_steps", "trainer.find_unused_parameters", "trainer.sync_batchnorm")
 
 
+# Options at their neutral value (the behaviour before the option existed) are left out
+# too, so adding an option to the configs does not change the id of existing runs.
+NEUTRAL_DEFAULTS = {"trainer.amp": None, "trainer.channels_last": False, "trainer.compile": False}
+
+
 def config_hash(cfg: dict, n: int = 8) -> str:
     """Short hash of the resolved config without output paths and switches."""
     c = json.loads(json.dumps(cfg, sort_keys=True, default=str))
+    for key, neutral in NEUTRAL_DEFAULTS.items():
+        node, leaf = key.split(".")
+        if isinstance(c.get(node), dict) and leaf in c[node] and c[node][leaf] == neutral:
+            c[node].pop(leaf)
     for key in NON_IDENTITY_KEYS:
         node, *rest = key.split(".")
         if not rest:
