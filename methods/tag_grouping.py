@@ -20,7 +20,7 @@ assignment and the time of each phase.
 from __future__ import annotations
 
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import torch

@@ -112,7 +112,6 @@ def scale_crop(x: torch.Tensor, targets: Dict[str, torch.Tensor], kinds: Mapping
     if (h, w) == (H, W):
         return x, targets
     sl = (..., slice(top, top + h), slice(left, left + w))
-    iv = ignore_values or {}
     x = F.interpolate(x[sl][None], size=(H, W), mode="bilinear", align_corners=True)[0]
     out = {}
     for k, t in targets.items():

@@ -153,22 +153,31 @@ def run_cli(args: List[str]) -> int:
     return 0
 
 
-def report_cli(args: List[str]) -> int:
+def command_config(command: str, args: List[str], example: str, missing: Optional[str] = None):
+    """The plain config of a key=value command (``mtlbench/conf/<command>.yaml`` merged with
+    ``args``) and None, or None and a one-line message naming the fix."""
     from omegaconf.errors import OmegaConfBaseException
-
-    from .report import Options, ReportError, write_all, write_report
 
     bad = [a for a in args if "=" not in a]
     if bad:
-        return fail(f"report takes key=value overrides (got {bad[0]!r}); "
-                    f"e.g. python -m mtlbench report dataset=multimnist baseline=stl")
-    base = OmegaConf.create(resources.files("mtlbench.conf").joinpath("report.yaml").read_text())
+        return None, f"{command} takes key=value arguments (got {bad[0]!r}); e.g. {example}"
+    base = OmegaConf.create(resources.files("mtlbench.conf").joinpath(f"{command}.yaml").read_text())
     OmegaConf.set_struct(base, True)
     try:
         cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(args))
-        c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), None
     except OmegaConfBaseException as exc:
-        return fail(f"{str(exc).splitlines()[0]}; report keys: {', '.join(base.keys())}")
+        if missing and "Missing mandatory value" in str(exc):
+            return None, missing
+        return None, f"{str(exc).splitlines()[0]}; {command} keys: {', '.join(base.keys())}"
+
+
+def report_cli(args: List[str]) -> int:
+    from .report import Options, ReportError, write_all, write_report
+
+    c, msg = command_config("report", args, "python -m mtlbench report dataset=multimnist baseline=stl")
+    if msg:
+        return fail(msg)
     fmt = c["format"] if isinstance(c["format"], list) else [c["format"]]
     methods = c["methods"] if isinstance(c["methods"], (list, type(None))) else [c["methods"]]
     try:

@@ -262,7 +262,7 @@ def apply_limit(data: MTLData, limit: Optional[int]) -> MTLData:
     return data
 
 
-def cached_arrays(path, make: Callable[[], Dict[str, "np.ndarray"]]) -> Dict[str, "np.ndarray"]:
+def cached_arrays(path, make: Callable[[], Dict[str, object]]) -> Dict[str, object]:
     """Arrays cached in one ``.npz`` at ``path`` (None = no cache), made by ``make()`` when the
     file is absent or damaged (a damaged cache is regenerated, never trusted). The file is
     written atomically (temp file + rename); an unwritable location only skips caching."""

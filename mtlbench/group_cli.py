@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
 from pathlib import Path
 from typing import List
-
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from .grouping import GroupingError, ScoreTable, Selection, select
 
@@ -56,20 +52,13 @@ def _fail(msg: str) -> int:
 
 
 def main(args: List[str]) -> int:
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        return _fail(f"group takes key=value arguments (got {bad[0]!r}); "
-                     f"e.g. python -m mtlbench group scores=scores.csv budget=2")
-    base = OmegaConf.create(resources.files("mtlbench.conf").joinpath("group.yaml").read_text())
-    OmegaConf.set_struct(base, True)
-    try:
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(args))
-        c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as exc:
-        if "Missing mandatory value" in str(exc):
-            return _fail("group needs scores=FILE.csv and budget=B (a number or a list), "
-                         "e.g. python -m mtlbench group scores=scores.csv budget=[1,2]")
-        return _fail(f"{str(exc).splitlines()[0]}; group keys: {', '.join(base.keys())}")
+    from .cli import command_config
+
+    c, msg = command_config("group", args, "python -m mtlbench group scores=scores.csv budget=2",
+                            missing="group needs scores=FILE.csv and budget=B (a number or a list), "
+                                    "e.g. python -m mtlbench group scores=scores.csv budget=[1,2]")
+    if msg:
+        return _fail(msg)
     try:
         hib = c["higher_is_better"]
         if not isinstance(hib, bool):

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointSlot, rng_state, set_rng_state
-from .data import Batch, MTLData, TensorSplit
+from .data import MTLData, TensorSplit
 from .speed import SpeedOptions
 from .distributed import SINGLE, DistContext, average_grads, mean_over_ranks, reduce_metrics, shard
 from .tasks import Task
