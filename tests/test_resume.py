@@ -137,3 +137,17 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(results_dir, run_cli, mo
     assert run_cli(*BUDGET) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ckpt) in err[0] and "resume=false" in err[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="running as root: file permissions do not bind")
+def test_unwritable_results_dir_fails_early_in_one_line(tmp_path, run_cli, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert run_cli(f"results_dir={locked / 'results'}") == 2
+    finally:
+        locked.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results_dir" in err[0]
