@@ -51,8 +51,27 @@ def protocol_of(rec: dict, cfg: Optional[dict]) -> Dict[str, object]:
         "selection": (rec.get("selection") or {}).get("mode") or _get(cfg, "trainer.selection"),
         "data (train/val/test)": "/".join(str(sizes.get(k, "?")) for k in ("train", "val", "test")),
         "limit": _get(cfg, "dataset.limit"),
-        "split seed": _get(cfg, "dataset.split_seed"),
+        # tabular protocols resample the split with every seed (dataset.split_seed=${seed}):
+        # that is one protocol, not one per seed
+        "split seed": ("= seed" if _split_follows_seed(cfg, rec) else _get(cfg, "dataset.split_seed")),
     }
+
+
+def _split_follows_seed(cfg: dict, rec: dict) -> bool:
+    """True when the run's split seed is its seed because its dataset's packaged config says
+    ``split_seed: ${seed}`` (School, Landmine, ...: a new random split per seed)."""
+    name, split_seed = _get(cfg, "dataset.name"), _get(cfg, "dataset.split_seed")
+    if name is None or split_seed is None or split_seed != rec.get("seed", _get(cfg, "seed")):
+        return False
+    try:
+        from importlib import resources
+
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.create(resources.files("mtlbench.conf").joinpath(f"dataset/{name}.yaml").read_text())
+        return OmegaConf.to_container(raw, resolve=False).get("dataset", {}).get("split_seed") == "${seed}"
+    except Exception:  # a plugin dataset or an unreadable config: keep the plain value
+        return False
 
 
 def protocol_label(p: Dict[str, object]) -> str:

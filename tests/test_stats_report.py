@@ -172,3 +172,17 @@ def test_cross_dataset_with_incomplete_methods_and_too_few():
     assert list(cd.scores.columns) == ["stl"]
     assert any("hs" in n for n in cd.notes) and any("no test" in n for n in cd.notes)
     assert math.isnan(cd.friedman_p)
+
+
+def test_split_seed_tied_to_seed_is_one_protocol():
+    """School / Landmine resample the split with every seed (split_seed=${seed}): one protocol."""
+    from mtlbench.protocol import protocol_of
+
+    def proto(dataset, seed, split_seed):
+        cfg = {"seed": seed, "dataset": {"name": dataset, "split_seed": split_seed}, "trainer": {"epochs": 3}}
+        return protocol_of({"seed": seed}, cfg)
+
+    assert proto("landmine", 0, 0) == proto("landmine", 2, 2)
+    assert proto("landmine", 2, 2)["split seed"] == "= seed"
+    assert proto("scenes", 1, 0)["split seed"] == 0 and proto("scenes", 0, 0)["split seed"] == 0
+    assert proto("landmine", 1, 0) != proto("landmine", 2, 2)  # an explicitly fixed split differs
