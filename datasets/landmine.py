@@ -39,7 +39,8 @@ def build(root: Optional[str] = None, split_seed: int = 0, tasks: Optional[Seque
     x, y, tid, groups = pool_cells(xs, ys, keep, path)
     if not np.isin(y, (0.0, 1.0)).all():
         raise DataError(f"{path}: labels must be 0/1 (found {np.unique(y)[:5]})")
-    index = per_task_split(groups, train_fraction, val_fraction, split_seed, strata=[y[g] for g in groups])
+    index = per_task_split(groups, train_fraction, val_fraction, split_seed, strata=[y[g] for g in groups],
+                           task_ids=keep)
     splits = pooled_splits(x, y, tid, names, index)
     return MTLData("landmine", [BinaryTask(n, head_hidden=head_hidden) for n in names], (x.shape[1],), splits,
                    info={"file": str(path), "n_tasks": len(names)})

@@ -38,7 +38,7 @@ def build(root: Optional[str] = None, split_seed: int = 0, tasks: Optional[Seque
     keep = choose_tasks(all_names, tasks, max_tasks, "school")
     names = [all_names[k] for k in keep]
     x, y, tid, groups = pool_cells(xs, ys, keep, path)
-    index = per_task_split(groups, train_fraction, val_fraction, split_seed)
+    index = per_task_split(groups, train_fraction, val_fraction, split_seed, task_ids=keep)
     scales = task_scales(y, tid, index["train"], names)
     splits = pooled_splits(x, y, tid, names, index, scales)
     task_objs = [RegressionTask(n, *scales[n], head_hidden=head_hidden, metrics=list(metrics)) for n in names]

@@ -153,6 +153,7 @@ EXTRA = {
     "tabular": "mtlbench.bench_tabular",     # wall time per epoch vs number of tasks
     "adashare": "mtlbench.bench_adashare",   # AdaShare search step vs hard sharing / T paths
     "throughput": "mtlbench.bench_throughput",  # samples/s and peak memory per method, AMP / layout variants
+    "affinity": "mtlbench.bench_affinity",   # TAG lookahead affinity (one run) vs trained pair networks
 }
 
 

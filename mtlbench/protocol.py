@@ -111,7 +111,7 @@ def datasets_in(results_dir) -> List[str]:
 
 
 def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[Sequence[str]] = None,
-            split: str = "test") -> RunSet:
+            split: str = "test", metrics: Optional[Sequence[str]] = None) -> RunSet:
     """Select the comparable runs of ``dataset`` (see the module docstring); never raises on
     partial results: what is left out is said in ``RunSet.notes``."""
     notes: List[str] = []
@@ -177,7 +177,7 @@ def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[
             notes.append(f"{key[0]} seed {key[1]} was run more than once: the most recent run is used")
             rows = [x for x in rows if (x["method"], x["seed"]) != key]
         vals[key] = {(t, m): v for t, ms in ((r.get("metrics") or {}).get(split) or {}).items()
-                     for m, v in ms.items()}
+                     for m, v in ms.items() if metrics is None or m in metrics}
         for t, ms in (r.get("higher_is_better") or {}).items():
             hib.setdefault(t, {}).update({m: bool(h) for m, h in ms.items()})
         rows.append({"method": key[0], "seed": key[1], "run_id": r.get("run_id"), "path": str(p),

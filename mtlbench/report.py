@@ -49,6 +49,7 @@ class Options:
     posthoc: str = "wilcoxon"
     seed: int = 0
     plots: bool = True
+    metrics: Optional[Sequence[str]] = None  # only these metric names (e.g. [rmse]); None = all
 
     def check(self) -> "Options":
         check_test(self.test)
@@ -183,7 +184,7 @@ def write_report(results_dir, reports_dir, dataset: str, baseline: str = "stl",
                           f"or point results_dir= at your results store")
     if dataset not in known:
         raise ReportError(f"no runs for dataset '{dataset}' in {results_dir}; datasets with runs: {known}")
-    runset = collect(results_dir, dataset, opts.baseline, opts.methods, opts.split)
+    runset = collect(results_dir, dataset, opts.baseline, opts.methods, opts.split, opts.metrics)
     out = Path(reports_dir) / dataset
     out.mkdir(parents=True, exist_ok=True)
     if runset.values.empty:

@@ -74,17 +74,25 @@ def _cut(idx: np.ndarray, train_fraction: float, val_fraction: float) -> Tuple[n
 
 
 def per_task_split(groups: Sequence[np.ndarray], train_fraction: float, val_fraction: float, seed: int,
-                   strata: Optional[Sequence[np.ndarray]] = None) -> Dict[str, np.ndarray]:
+                   strata: Optional[Sequence[np.ndarray]] = None,
+                   task_ids: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """Row indices of train / val / test, split within each task's row indices ``groups[k]``
-    (stratified by ``strata[k]`` labels when given), then shuffled across tasks."""
-    rng = np.random.default_rng(seed)
+    (stratified by ``strata[k]`` labels when given), then shuffled across tasks.
+
+    Each task's split is drawn from its own generator seeded by ``(seed, task_ids[k])``
+    (the task's index in the full dataset), so a task gets the same train / val / test
+    samples whatever other tasks are selected with it (task grouping compares a task
+    trained alone with the same task trained in a pair on the same val samples)."""
+    ids = list(range(len(groups))) if task_ids is None else [int(i) for i in task_ids]
     out: Dict[str, List[np.ndarray]] = {"train": [], "val": [], "test": []}
     for k, rows in enumerate(groups):
         rows = np.asarray(rows)
+        rng = np.random.default_rng([int(seed), ids[k]])
         parts = [rows] if strata is None else [rows[strata[k] == c] for c in np.unique(strata[k])]
         for part in parts:
             tr, va, te = _cut(rng.permutation(part), train_fraction, val_fraction)
             out["train"].append(tr), out["val"].append(va), out["test"].append(te)
+    rng = np.random.default_rng([int(seed), len(ids) and max(ids) + 1])
     return {s: rng.permutation(np.concatenate(v)) if v else np.zeros(0, dtype=np.int64) for s, v in out.items()}
 
 

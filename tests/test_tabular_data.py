@@ -214,3 +214,14 @@ def test_real_school_short_run(run_cli, results_dir):
     assert run_cli("dataset=school", f"dataset.root={root}", "dataset.max_tasks=10", "arch=mtan") == 0
     (_, rec), = list(iter_runs(results_dir))
     assert len(rec["tasks"]) == 10 and rec["backbone"] == "resmlp"
+
+
+def test_a_task_keeps_its_split_whatever_tasks_come_with_it():
+    from mtlbench.tabular_data import per_task_split
+
+    rows_a, rows_b = np.arange(0, 40), np.arange(40, 70)
+    alone = per_task_split([rows_b - 40], 0.6, 0.2, seed=3, task_ids=[1])
+    pair = per_task_split([rows_a, rows_b], 0.6, 0.2, seed=3, task_ids=[0, 1])
+    for s in ("train", "val", "test"):
+        in_pair = np.sort(pair[s][pair[s] >= 40]) - 40
+        assert np.array_equal(np.sort(alone[s]), in_pair)
