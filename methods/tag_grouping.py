@@ -58,10 +58,11 @@ class GroupedModel(MTLModel):
 @PROCEDURES.register("tag_grouping")
 class TagGrouping(Procedure):
     def __init__(self, every: int = 10, lookahead_lr: float = 0.01, probe_per_task: int = 16,
-                 probe_size: int = 1024, max_size: int = 8, n_candidates: int = 200, budget=None,
+                 probe_size: int = 1024, max_size: int = 8, n_candidates=None, budget=None,
                  select_method: str = "auto"):
         self.every, self.lr, self.per_task, self.probe_size = int(every), float(lookahead_lr), probe_per_task, probe_size
-        self.max_size, self.n_candidates, self.budget, self.select_method = int(max_size), int(n_candidates), budget, select_method
+        self.max_size, self.budget, self.select_method = int(max_size), budget, select_method
+        self.n_candidates = None if n_candidates is None else int(n_candidates)
 
     def __call__(self, ctx) -> ProcedureResult:
         from mtlbench.grouping import candidate_groups, hoa_table, select
@@ -77,9 +78,18 @@ class TagGrouping(Procedure):
         t_aff = time.perf_counter() - t0
         single, pair = grouping_scores(z)
         groups = with_singletons(candidate_groups(pair, max_size=min(self.max_size, T),
-                                                  n_candidates=self.n_candidates, seed=ctx.seed) if T > 1 else [], T)
+                                                  n_candidates=self.n_candidates or 20 * T, seed=ctx.seed)
+                                 if T > 1 else [], T)
         table = hoa_table(names, single, pair, groups)
         budget = default_budget(T, self.max_size) if self.budget is None else float(self.budget)
+        if self.budget is None:  # the default budget is raised to the cheapest cover when needed
+            from mtlbench.grouping_search import min_cover_cost
+
+            need = float(min_cover_cost(table))
+            if need > budget:
+                print(f"[mtlbench] tag_grouping: default budget {budget:g} cannot cover all {T} tasks with these "
+                      f"candidates; using the cheapest cover, {need:g} (set procedure.budget to choose)", flush=True)
+                budget = need
         sel = select(table, budget, method=self.select_method)
         t_sel = time.perf_counter() - t0 - t_aff
         members = {net: [names[i] for i in g] for net, g in zip(table.networks, groups)}

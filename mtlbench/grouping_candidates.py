@@ -9,8 +9,9 @@ HOA estimate sum_{i in G} mean_{j in G, j != i} gain[i, j] (nan pairs count as n
 
 Generated: every single task, every pair, and groups of 3..max_size grown greedily (each
 step adds the task that most raises the estimated gain) from every task and from random
-starting pairs; candidates are ranked by estimated gain within each size and taken
-round-robin over sizes, so every size is represented. Deterministic for a given ``seed``.
+starting pairs; kept first: every single task and the largest group grown from each task
+(so a cover by about T / max_size groups exists), then the rest ranked by estimated gain
+within each size and taken round-robin over sizes, so every size is represented. Deterministic for a given ``seed``.
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def _estimate(gain: np.ndarray, group: Tuple[int, ...]) -> float:
     return float(gain[np.ix_(g, g)].sum() / (len(g) - 1))
 
 
-def _grow(gain: np.ndarray, start: List[int], max_size: int, out: Set[tuple]) -> None:
+def _grow(gain: np.ndarray, start: List[int], max_size: int, out: Set[tuple]) -> tuple:
+    """Grow ``start`` greedily up to ``max_size``, adding every intermediate group to
+    ``out``; returns the largest group reached."""
     T = gain.shape[0]
     G = list(start)
     s_in = gain[:, G].sum(axis=1)            # s_in[i] = sum_{j in G} gain[i, j]
@@ -55,12 +58,13 @@ def _grow(gain: np.ndarray, start: List[int], max_size: int, out: Set[tuple]) ->
         est[G] = -np.inf
         j = int(np.argmax(est))
         if not np.isfinite(est[j]):
-            return
+            break
         G.append(j)
         s_in += gain[:, j]
         out.add(tuple(sorted(G)))
         if len(G) >= T:
-            return
+            break
+    return tuple(sorted(G))
 
 
 def generate(pair: np.ndarray, max_size: int, n_candidates: int, seed: int = 0) -> List[tuple]:
@@ -73,13 +77,14 @@ def generate(pair: np.ndarray, max_size: int, n_candidates: int, seed: int = 0) 
                          f"so every single-task network is a candidate")
     singles = [(i,) for i in range(T)]
     groups: Set[tuple] = set()
+    own: List[tuple] = []   # the largest group grown from each task: every task is in one
     if max_size >= 2:
         iu, ju = np.triu_indices(T, 1)
         groups.update(zip(iu.tolist(), ju.tolist()))
     if max_size >= 3:
         rng = np.random.default_rng(seed)
         for i in range(T):
-            _grow(gain, [i], max_size, groups)
+            own.append(_grow(gain, [i], max_size, groups))
         sym = gain + gain.T
         iu, ju = np.triu_indices(T, 1)
         order = np.argsort(-sym[iu, ju])
@@ -96,7 +101,13 @@ def generate(pair: np.ndarray, max_size: int, n_candidates: int, seed: int = 0) 
     for size in by_size:
         by_size[size].sort(key=lambda g: (-_estimate(gain, g), g))
     chosen: List[tuple] = list(singles)
-    queues = [by_size[s] for s in sorted(by_size)]
+    # first the group grown from each task, so a cover of about T / max_size networks exists
+    # however the gains concentrate on a few tasks; then the best of every size, round-robin
+    for g in dict.fromkeys(own):
+        if len(chosen) < n_candidates and len(g) > 1:
+            chosen.append(g)
+    taken = set(chosen)
+    queues = [[g for g in by_size[s] if g not in taken] for s in sorted(by_size)]
     pos = [0] * len(queues)
     while len(chosen) < n_candidates and any(p < len(q) for p, q in zip(pos, queues)):
         for qi, q in enumerate(queues):
