@@ -252,3 +252,13 @@ def test_end_to_end_tiny_runs_then_report(tmp_path, capsys):
                  "task_changes.pdf", "balancer_weights.png"):  # DWA's weights move from epoch 3 on
         assert (out / name).is_file(), name
     _check_latex((out / "table.tex").read_text(), n_columns=1 + 1 + 2 + 4 + 2)
+
+
+def test_metrics_filter_keeps_only_the_named_metrics(store, tmp_path):
+    reports = tmp_path / "reports"
+    assert report(store, reports, "dataset=toy", "metrics=[acc]", "plots=false") == 0
+    summary = pd.read_csv(reports / "toy" / "summary.csv").set_index("method")
+    assert not [c for c in summary.columns if c.startswith("b/err")]
+    # Δ_T over task a's accuracy only: hs's relative change of the seed means
+    hs, stl = np.mean([v[0] for v in HS.values()]), np.mean([v[0] for v in STL.values()])
+    assert summary.loc["hs", "delta_t"] == pytest.approx(100 * (hs - stl) / stl, rel=1e-6)
