@@ -129,7 +129,8 @@ def balancer_weights(a, out: Path) -> List[Path]:
             line, = ax.plot(ep, arr.mean(0), label=t)
             if len(arr) > 1:
                 ax.fill_between(ep, arr.min(0), arr.max(0), color=line.get_color(), alpha=0.2)
-        ax.set_title(f"{m} ({len(next(iter(by_task.values())))} seeds)", fontsize=10)
+        n = len(next(iter(by_task.values())))
+        ax.set_title(f"{m} ({n} seed{'s' if n != 1 else ''})", fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss weight λ (mean, band: min..max over seeds)")
