@@ -18,8 +18,7 @@ import numpy as np
 from mtlbench.data import DataError, MTLData
 from mtlbench.registry import DATASETS
 from mtlbench.tabular import BinaryTask
-from mtlbench.tabular_data import (check_fractions, cells, choose_tasks, find_file, load_mat, per_task_split,
-                                   pool_cells, pooled_splits)
+from mtlbench.tabular_data import check_fractions, per_task_split, pooled_splits, read_cell_tasks
 
 HOW = ("get LandmineData.mat (Xue et al. 2007; e.g. github.com/daizhongxiang/Federated_Bayesian_Optimization) "
        "and set dataset.root=<folder holding it>")
@@ -30,13 +29,8 @@ def build(root: Optional[str] = None, split_seed: int = 0, tasks: Optional[Seque
           max_tasks: Optional[int] = None, train_fraction: float = 0.75, val_fraction: float = 0.1,
           head_hidden: int = 0) -> MTLData:
     check_fractions(train_fraction, val_fraction)
-    path = find_file(root, "landmine", "LandmineData.mat", HOW)
-    mat = load_mat(path)
-    xs, ys = cells(mat, "feature", path), cells(mat, "label", path)
-    all_names = [f"f{k + 1:02d}" for k in range(len(xs))]
-    keep = choose_tasks(all_names, tasks, max_tasks, "landmine")
-    names = [all_names[k] for k in keep]
-    x, y, tid, groups = pool_cells(xs, ys, keep, path)
+    path, names, keep, x, y, tid, groups = read_cell_tasks(
+        root, "landmine", "LandmineData.mat", HOW, "feature", "label", lambda k: f"f{k + 1:02d}", tasks, max_tasks)
     if not np.isin(y, (0.0, 1.0)).all():
         raise DataError(f"{path}: labels must be 0/1 (found {np.unique(y)[:5]})")
     index = per_task_split(groups, train_fraction, val_fraction, split_seed, strata=[y[g] for g in groups],

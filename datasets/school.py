@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 from mtlbench.data import MTLData
 from mtlbench.registry import DATASETS
 from mtlbench.tabular import RegressionTask
-from mtlbench.tabular_data import (check_fractions, cells, choose_tasks, find_file, load_mat, per_task_split,
-                                   pool_cells, pooled_splits, task_scales)
+from mtlbench.tabular_data import check_fractions, per_task_split, pooled_splits, read_cell_tasks, task_scales
 
 HOW = ("get school.mat from MALSAR (github.com/jiayuzhou/MALSAR, data/school.mat) and set "
        "dataset.root=<folder holding it>")
@@ -31,13 +30,8 @@ def build(root: Optional[str] = None, split_seed: int = 0, tasks: Optional[Seque
           max_tasks: Optional[int] = None, train_fraction: float = 0.75, val_fraction: float = 0.1,
           metrics: Sequence[str] = ("rmse", "explained_variance"), head_hidden: int = 0) -> MTLData:
     check_fractions(train_fraction, val_fraction)
-    path = find_file(root, "school", "school.mat", HOW)
-    mat = load_mat(path)
-    xs, ys = cells(mat, "X", path), cells(mat, "Y", path)
-    all_names = [f"s{k + 1:03d}" for k in range(len(xs))]
-    keep = choose_tasks(all_names, tasks, max_tasks, "school")
-    names = [all_names[k] for k in keep]
-    x, y, tid, groups = pool_cells(xs, ys, keep, path)
+    path, names, keep, x, y, tid, groups = read_cell_tasks(
+        root, "school", "school.mat", HOW, "X", "Y", lambda k: f"s{k + 1:03d}", tasks, max_tasks)
     index = per_task_split(groups, train_fraction, val_fraction, split_seed, task_ids=keep)
     scales = task_scales(y, tid, index["train"], names)
     splits = pooled_splits(x, y, tid, names, index, scales)

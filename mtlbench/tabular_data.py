@@ -195,3 +195,17 @@ def pool_cells(xs: List[np.ndarray], ys: List[np.ndarray], keep: Sequence[int], 
         groups.append(np.arange(start, start + len(yk)))
         start += len(yk)
     return np.concatenate(x_parts), np.concatenate(y_parts), np.concatenate(t_parts), groups
+
+
+def read_cell_tasks(root: Optional[str], dataset: str, filename: str, how_to_get: str, x_key: str, y_key: str,
+                    name_of, tasks: Optional[Sequence[str]], max_tasks: Optional[int]):
+    """A MATLAB file holding one (features, labels) cell pair per task (School, Landmine):
+    ``(path, names, keep, x, y, task position per row, rows per task)`` for the selected tasks;
+    ``name_of(k)`` names task k (0-based)."""
+    path = find_file(root, dataset, filename, how_to_get)
+    mat = load_mat(path)
+    xs, ys = cells(mat, x_key, path), cells(mat, y_key, path)
+    all_names = [name_of(k) for k in range(len(xs))]
+    keep = choose_tasks(all_names, tasks, max_tasks, dataset)
+    x, y, tid, groups = pool_cells(xs, ys, keep, path)
+    return path, [all_names[k] for k in keep], keep, x, y, tid, groups
