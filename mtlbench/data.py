@@ -158,8 +158,11 @@ class DatasetSplit:
                                    else bool(persistent_workers) and self.num_workers > 0)
         self.prefetch_factor = prefetch_factor if self.num_workers > 0 else None
         self._loaders: dict = {}
-        self._loader_opts = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
-                                 persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
+
+    @property
+    def _loader_opts(self) -> dict:
+        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                    persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
 
     def __len__(self) -> int:
         return len(self.indices)

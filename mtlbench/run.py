@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
+import itertools
 import os
 import platform
 import random
@@ -105,7 +106,7 @@ def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None,
         cls = BALANCERS.get(bcfg["name"]) if balancer else balancer_cls
         return cls(task_names, **_kw(bcfg))
 
-    fits = iter(range(1, 1 << 30))
+    fits = itertools.count(1)
 
     def make_trainer(**overrides) -> Trainer:
         """A trainer with its own checkpoint slot: the k-th trainer of the run checkpoints

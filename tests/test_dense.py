@@ -5,17 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_metrics
 
 from mtlbench.dense import (ANGLE_BIN_DEG, ASPPHead, DenseHead, DepthTask, L1Task, NormalTask,
                             SegmentationTask, normal_angles)
-
-
-def run_metrics(task, batches):
-    ms = task.metrics()
-    for pred, target, mask in batches:
-        for m in ms:
-            m.update(pred, target, mask)
-    return {m.name: m.compute() for m in ms}
 
 
 def logits(labels, num_classes):

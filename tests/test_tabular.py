@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import run_metrics
 from sklearn.metrics import explained_variance_score, mean_absolute_error, mean_squared_error, roc_auc_score
 
 import mtlbench.cli
@@ -19,14 +20,6 @@ from mtlbench.trainer import Trainer
 load_all()
 
 
-def _run_metrics(task, batches):
-    ms = task.metrics()
-    for p, y, m in batches:
-        for metric in ms:
-            metric.update(p, y, m)
-    return {metric.name: metric.compute() for metric in ms}
-
-
 def test_regression_metrics_match_sklearn_on_original_scale_with_masks():
     g = torch.Generator().manual_seed(0)
     task = RegressionTask("t", y_mean=30.0, y_std=10.0, metrics=["rmse", "mae", "explained_variance"])
@@ -37,7 +30,7 @@ def test_regression_metrics_match_sklearn_on_original_scale_with_masks():
         m = torch.rand(50, generator=g) > 0.4
         batches.append((p, y, m))
         ys.append((y[m] * 10 + 30).numpy()), ps.append((p[m, 0] * 10 + 30).numpy())
-    got = _run_metrics(task, batches)
+    got = run_metrics(task, batches)
     y, p = np.concatenate(ys), np.concatenate(ps)
     assert got["rmse"] == pytest.approx(math.sqrt(mean_squared_error(y, p)), rel=1e-5)
     assert got["mae"] == pytest.approx(mean_absolute_error(y, p), rel=1e-5)
@@ -54,7 +47,7 @@ def test_binary_metrics_match_sklearn_and_absent_task_loss_is_exact_zero():
     y = (torch.rand(200, generator=g) > 0.7).float()
     p = (2 * y - 1) * 0.8 + torch.randn(200, generator=g)
     m = torch.rand(200, generator=g) > 0.3
-    got = _run_metrics(task, [(p[:100], y[:100], m[:100]), (p[100:], y[100:], m[100:])])
+    got = run_metrics(task, [(p[:100], y[:100], m[:100]), (p[100:], y[100:], m[100:])])
     assert got["auc"] == pytest.approx(roc_auc_score(y[m].numpy(), p[m].numpy()), rel=1e-6)
     assert got["accuracy"] == pytest.approx(((p[m] > 0) == (y[m] > 0.5)).float().mean().item())
     assert task.higher_is_better == {"auc": True, "accuracy": True}
@@ -64,7 +57,7 @@ def test_binary_metrics_match_sklearn_and_absent_task_loss_is_exact_zero():
     zero = task.loss(w, torch.ones(4), torch.zeros(4, dtype=torch.bool))
     assert zero.item() == 0.0 and zero.requires_grad
     # one class only: AUC is undefined (NaN), accuracy still defined
-    one = _run_metrics(task, [(p, torch.ones(200), None)])
+    one = run_metrics(task, [(p, torch.ones(200), None)])
     assert math.isnan(one["auc"]) and 0 <= one["accuracy"] <= 1
 
 
