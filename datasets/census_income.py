@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mtlbench.data import DataError, MTLData
-from mtlbench.registry import DATASETS
-from mtlbench.tabular import BinaryTask
-from mtlbench.tabular_data import choose_tasks, dense_splits, find_file, row_split
+from mtlbench.core.data import DataError, MTLData
+from mtlbench.core.registry import DATASETS
+from mtlbench.tasks.tabular import BinaryTask
+from mtlbench.loaders.tabular import choose_tasks, dense_splits, find_file, row_split
 
 COLUMNS = [
     "age", "class_worker", "det_ind_code", "det_occ_code", "education", "wage_per_hour", "hs_college",

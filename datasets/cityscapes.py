@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mtlbench.data import DataError, DatasetSplit, MTLData
+from mtlbench.core.data import DataError, DatasetSplit, MTLData
 from mtlbench.datasets.nyuv2 import MTANFolder, augmenter, locate, make_splits, not_found
-from mtlbench.dense import DepthTask, SegmentationTask
-from mtlbench.registry import DATASETS
+from mtlbench.tasks.dense import DepthTask, SegmentationTask
+from mtlbench.core.registry import DATASETS
 
 
 def layout(num_classes: int) -> str:

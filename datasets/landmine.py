@@ -15,10 +15,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mtlbench.data import DataError, MTLData
-from mtlbench.registry import DATASETS
-from mtlbench.tabular import BinaryTask
-from mtlbench.tabular_data import check_fractions, per_task_split, pooled_splits, read_cell_tasks
+from mtlbench.core.data import DataError, MTLData
+from mtlbench.core.registry import DATASETS
+from mtlbench.tasks.tabular import BinaryTask
+from mtlbench.loaders.tabular import check_fractions, per_task_split, pooled_splits, read_cell_tasks
 
 HOW = ("get LandmineData.mat (Xue et al. 2007; e.g. github.com/daizhongxiang/Federated_Bayesian_Optimization) "
        "and set dataset.root=<folder holding it>")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlbench.data import MTLData, TensorSplit, cached_arrays
-from mtlbench.registry import DATASETS
+from mtlbench.core.data import MTLData, TensorSplit, cached_arrays
+from mtlbench.core.registry import DATASETS
 from mtlbench.tasks import ClassificationTask
 
 CANVAS, DIGIT = 36, 28

@@ -32,7 +32,7 @@ AdaShare (sunxm2357/AdaShare, ``dataloaders/nyu_v2_dataloader.py``), 480x640, 40
   ``test_fraction`` (default 654/1449) of the images for test, then ``val_fraction`` of the
   rest for val; ``MTLData.info["split"]`` says which was used. AdaShare's own input
   normalisation (BGR minus the Caffe mean) and its 0.5-1.5 scale + 321x321 crop are not
-  reproduced: every loader here gives RGB in [0, 1] and uses ``mtlbench.augment``.
+  reproduced: every loader here gives RGB in [0, 1] and uses ``mtlbench.loaders.augment``.
 
 Options: ``resize: [H, W]`` resizes every sample (bilinear for image/depth/normals with
 normals renormalised, nearest for labels); ``augment`` (train split only): MTAN's random
@@ -53,10 +53,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mtlbench.augment import Augmenter, resize_sample
-from mtlbench.data import DataError, DatasetSplit, MTLData, carve_val_indices
-from mtlbench.dense import DepthTask, NormalTask, SegmentationTask
-from mtlbench.registry import DATASETS
+from mtlbench.loaders.augment import Augmenter, resize_sample
+from mtlbench.core.data import DataError, DatasetSplit, MTLData, carve_val_indices
+from mtlbench.tasks.dense import DepthTask, NormalTask, SegmentationTask
+from mtlbench.core.registry import DATASETS
 
 NYU_TEST_FRACTION = 654 / 1449
 
@@ -172,7 +172,7 @@ class MTANFolder(DenseDataset):
     """``<folder>/<sub>/<i>.npy`` per sample (MTAN's NYUv2 and Cityscapes layout).
 
     ``spec``: {task: (subfolder, kind, channels or num_classes)} with kind ``label``
-    (int64 [H,W]) or a map kind of ``mtlbench.augment`` (float [C,H,W])."""
+    (int64 [H,W]) or a map kind of ``mtlbench.loaders.augment`` (float [C,H,W])."""
 
     def __init__(self, folder: Path, spec: Dict[str, Tuple[str, str, int]], layout: str, **kw):
         super().__init__({t: s[1] for t, s in spec.items()}, **kw)

@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlbench.data import MTLData, TensorSplit, cached_arrays
-from mtlbench.dense import DepthTask, L1Task, NormalTask, SegmentationTask
-from mtlbench.registry import DATASETS
+from mtlbench.core.data import MTLData, TensorSplit, cached_arrays
+from mtlbench.tasks.dense import DepthTask, L1Task, NormalTask, SegmentationTask
+from mtlbench.core.registry import DATASETS
 
 CLASSES = ("floor", "wall", "sphere", "box", "cylinder")
 ROOM_HALF, CEILING, FOV_DEG, KP_SIGMA = 4.0, 3.0, 60.0, 1.5

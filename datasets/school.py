@@ -7,7 +7,7 @@ Looked for at ``<root>/school.mat`` or ``<root>/school/school.mat``.
 Protocol (Argyriou, Evgeniou & Pontil 2008; Bakker & Heskes 2003): a random 75/25
 train/test split PER SCHOOL, repeated over seeds (``dataset.split_seed``, which the config
 sets to ``${seed}``); val is carved from each school's training part (``val_fraction``).
-Each student labels one task (masks, see ``mtlbench.tabular_data``). Targets are
+Each student labels one task (masks, see ``mtlbench.loaders.tabular``). Targets are
 standardised per school on its training rows; metrics are on the original score scale:
 ``rmse`` ↓, ``explained_variance`` ↑ (``mae`` ↓ with ``metrics=[rmse, mae, explained_variance]``).
 Tasks are named ``s001`` .. ``s139`` (the cell index).
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from mtlbench.data import MTLData
-from mtlbench.registry import DATASETS
-from mtlbench.tabular import RegressionTask
-from mtlbench.tabular_data import check_fractions, per_task_split, pooled_splits, read_cell_tasks, task_scales
+from mtlbench.core.data import MTLData
+from mtlbench.core.registry import DATASETS
+from mtlbench.tasks.tabular import RegressionTask
+from mtlbench.loaders.tabular import check_fractions, per_task_split, pooled_splits, read_cell_tasks, task_scales
 
 HOW = ("get school.mat from MALSAR (github.com/jiayuzhou/MALSAR, data/school.mat) and set "
        "dataset.root=<folder holding it>")

@@ -61,11 +61,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mtlbench.data import DataError, DatasetSplit, MTLData
+from mtlbench.core.data import DataError, DatasetSplit, MTLData
 from mtlbench.datasets.nyuv2 import (DenseDataset, augmenter, bad, image_array, load_npy, locate,
                                      make_splits, not_found, read_png)
-from mtlbench.dense import DepthTask, L1Task, NormalTask, SegmentationTask
-from mtlbench.registry import DATASETS
+from mtlbench.tasks.dense import DepthTask, L1Task, NormalTask, SegmentationTask
+from mtlbench.core.registry import DATASETS
 
 TASKS = ("seg", "depth", "normal", "keypoint", "edge")
 FOLDERS = {"seg": "segment_semantic", "depth": "depth_zbuffer", "normal": "normal", "keypoint": "keypoints2d"}

@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mtlbench.data import DataError, MTLData
-from mtlbench.registry import DATASETS
-from mtlbench.tabular import BinaryTask
-from mtlbench.tabular_data import choose_tasks, dense_splits, row_split
+from mtlbench.core.data import DataError, MTLData
+from mtlbench.core.registry import DATASETS
+from mtlbench.tasks.tabular import BinaryTask
+from mtlbench.loaders.tabular import choose_tasks, dense_splits, row_split
 
 
 def load_arrays():

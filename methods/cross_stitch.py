@@ -56,8 +56,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from mtlbench.model import MTLModel, make_heads
-from mtlbench.registry import ARCHS
+from mtlbench.core.model import MTLModel, make_heads
+from mtlbench.core.registry import ARCHS
 
 UNITS = ("channel", "task")
 

@@ -27,8 +27,8 @@ from typing import Dict
 
 import torch
 
-from mtlbench.balancers import Balancer
-from mtlbench.registry import BALANCERS
+from mtlbench.core.balancer import Balancer
+from mtlbench.core.registry import BALANCERS
 
 
 def dwa_weights(last: Dict[str, float], prev: Dict[str, float], temperature: float = 2.0) -> Dict[str, float]:

@@ -1,6 +1,6 @@
 """Hard parameter sharing: one backbone shared by all tasks, one head per task."""
-from mtlbench.model import MTLModel, make_heads
-from mtlbench.registry import ARCHS
+from mtlbench.core.model import MTLModel, make_heads
+from mtlbench.core.registry import ARCHS
 
 
 @ARCHS.register("hard_sharing")

@@ -55,8 +55,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mtlbench.balancers import Balancer
-from mtlbench.registry import BALANCERS
+from mtlbench.core.balancer import Balancer
+from mtlbench.core.registry import BALANCERS
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -135,7 +135,7 @@ class MGDA(Balancer):
     """``normalization``: none | l2 | loss | loss+ (see module docstring); ``max_iter`` and
     ``tol``: the Frank-Wolfe budget and stopping tolerance (K ≥ 3 tasks)."""
 
-    distributed = False  # per-task gradients of one rank's shard: refuses torchrun (mtlbench.distributed)
+    distributed = False  # per-task gradients of one rank's shard: refuses torchrun (mtlbench.engine.distributed)
 
     def __init__(self, task_names, normalization: str = "none", max_iter: int = 250, tol: float = 1e-10):
         super().__init__(task_names)

@@ -59,11 +59,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.backbones import BasicBlock, MLPBlock
-from mtlbench.model import MTLModel, make_heads
-from mtlbench.registry import ARCHS
-from mtlbench.segnet import SegNetDecoderBlock, SegNetEncoderBlock
-from mtlbench.segnet import pool_key as segnet_pool_key
+from mtlbench.backbones.base import BasicBlock, MLPBlock
+from mtlbench.core.model import MTLModel, make_heads
+from mtlbench.core.registry import ARCHS
+from mtlbench.backbones.segnet import SegNetDecoderBlock, SegNetEncoderBlock
+from mtlbench.backbones.segnet import pool_key as segnet_pool_key
 
 STAGE_RULES = ("auto", "block")
 _SEGNET = (SegNetEncoderBlock, SegNetDecoderBlock)

@@ -4,8 +4,8 @@ The scalable path of Standley et al. (ICML 2020) with TAG affinities (Fifty et a
 NeurIPS 2021) in place of trained pair networks:
 
 1. one hard-sharing run over ALL tasks records the lookahead inter-task affinity Z
-   (``mtlbench.affinity``, every ``every`` steps);
-2. ``pair[i, j] = −Z_{j→i}``, ``single = 0`` -> ``mtlbench.grouping.candidate_groups``
+   (``mtlbench.grouping.affinity``, every ``every`` steps);
+2. ``pair[i, j] = −Z_{j→i}``, ``single = 0`` -> ``mtlbench.grouping.selection.candidate_groups``
    (``max_size``, ``n_candidates``) plus every singleton -> ``hoa_table`` -> ``select`` under
    ``budget`` networks (null: ceil(2T / max_size));
 3. each chosen group is trained as its own hard-sharing network (the configured balancer
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlbench.affinity import default_budget, grouping_scores, labelled_subset, tag_affinity, with_singletons
-from mtlbench.model import MTLModel
-from mtlbench.procedures import Procedure, ProcedureResult
-from mtlbench.registry import PROCEDURES
-from mtlbench.trainer import FitResult
+from mtlbench.grouping.affinity import default_budget, grouping_scores, labelled_subset, tag_affinity, with_singletons
+from mtlbench.core.model import MTLModel
+from mtlbench.core.procedure import Procedure, ProcedureResult
+from mtlbench.core.registry import PROCEDURES
+from mtlbench.engine.trainer import FitResult
 
 
 class GroupedModel(MTLModel):
@@ -65,7 +65,7 @@ class TagGrouping(Procedure):
         self.n_candidates = None if n_candidates is None else int(n_candidates)
 
     def __call__(self, ctx) -> ProcedureResult:
-        from mtlbench.grouping import candidate_groups, hoa_table, select
+        from mtlbench.grouping.selection import candidate_groups, hoa_table, select
 
         data, names, T = ctx.data, ctx.data.task_names, len(ctx.data.tasks)
         hs = {"name": "hard_sharing"}
@@ -83,7 +83,7 @@ class TagGrouping(Procedure):
         table = hoa_table(names, single, pair, groups)
         budget = default_budget(T, self.max_size) if self.budget is None else float(self.budget)
         if self.budget is None:  # the default budget is raised to the cheapest cover when needed
-            from mtlbench.grouping_search import min_cover_cost
+            from mtlbench.grouping.search import min_cover_cost
 
             need = float(min_cover_cost(table))
             if need > budget:

@@ -16,7 +16,7 @@ if not _os.path.isdir(_os.path.join(__path__[0], "methods")) and _os.path.isdir(
 
 
 def load_runs(results_dir="results", status=None):
-    """All runs under ``results_dir`` as a tidy DataFrame (see mtlbench.store)."""
-    from .store import load_runs as _load_runs
+    """All runs under ``results_dir`` as a tidy DataFrame (see mtlbench.results.store)."""
+    from mtlbench.results.store import load_runs as _load_runs
 
     return _load_runs(results_dir, status=status)

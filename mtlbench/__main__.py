@@ -1,6 +1,6 @@
 import sys
 
-from mtlbench.cli import main
+from mtlbench.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

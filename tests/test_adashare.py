@@ -9,10 +9,10 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from mtlbench.backbones import build_backbone
-from mtlbench.registry import ARCHS, BACKBONES, PROCEDURES, load_all
-from mtlbench.run import build_data, make_context
-from mtlbench.store import iter_runs
+from mtlbench.backbones.base import build_backbone
+from mtlbench.core.registry import ARCHS, BACKBONES, PROCEDURES, load_all
+from mtlbench.engine.run import build_data, make_context
+from mtlbench.results.store import iter_runs
 from mtlbench.tasks import ClassificationTask
 
 load_all()

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mtlbench.store import iter_runs
+from mtlbench.results.store import iter_runs
 
 BASE = ["method=adashare", "dataset=scenes", "dataset.n_train=48", "dataset.n_val=16", "dataset.n_test=16",
         "dataset.size=[32,32]", "backbone.width=8", "backbone.layers=[2,2,2,2]", "arch.init=random",

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from mtlbench.backbones import BasicBlock, build_backbone
-from mtlbench.registry import BACKBONES
-from mtlbench.resnet import load_torchvision_resnet, resnet18, resnet34
-from mtlbench.segnet import SegNetDecoderBlock, SegNetEncoderBlock, segnet
+from mtlbench.backbones.base import BasicBlock, build_backbone
+from mtlbench.core.registry import BACKBONES
+from mtlbench.backbones.resnet import load_torchvision_resnet, resnet18, resnet34
+from mtlbench.backbones.segnet import SegNetDecoderBlock, SegNetEncoderBlock, segnet
 
 CONF = Path(__file__).resolve().parents[1] / "mtlbench" / "conf" / "backbone"
 

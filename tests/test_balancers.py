@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from mtlbench.model import MTLModel
-from mtlbench.registry import BALANCERS
-from mtlbench.store import iter_runs
-from mtlbench.tasks import masked_mean
+from mtlbench.core.model import MTLModel
+from mtlbench.core.registry import BALANCERS
+from mtlbench.results.store import iter_runs
+from mtlbench.core.tasks import masked_mean
 
 from mtlbench.methods.mgda import min_norm_pair, min_norm_weights
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import mtlbench.cli
-from mtlbench.bench_affinity import compare, run_bench
-from mtlbench.store import iter_runs
+from mtlbench.bench.affinity import compare, run_bench
+from mtlbench.results.store import iter_runs
 
 TINY = {"profile": "tiny", "dataset.limit": "200"}
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import mtlbench.cli
-from mtlbench.registry import ARCHS, BALANCERS, DATASETS
-from mtlbench.store import iter_runs
+from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS
+from mtlbench.results.store import iter_runs
 
 
 def one_line_error(capsys) -> str:

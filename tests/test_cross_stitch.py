@@ -8,13 +8,13 @@ import pytest
 import torch
 import yaml
 
-from mtlbench.backbones import build_backbone, mlp, small_cnn
-from mtlbench.dense import DepthTask, SegmentationTask
-from mtlbench.model import count_params
-from mtlbench.registry import ARCHS
-from mtlbench.resnet import small_resnet
-from mtlbench.segnet import segnet
-from mtlbench.store import iter_runs
+from mtlbench.backbones.base import build_backbone, mlp, small_cnn
+from mtlbench.tasks.dense import DepthTask, SegmentationTask
+from mtlbench.core.model import count_params
+from mtlbench.core.registry import ARCHS
+from mtlbench.backbones.resnet import small_resnet
+from mtlbench.backbones.segnet import segnet
+from mtlbench.results.store import iter_runs
 from mtlbench.tasks import ClassificationTask
 
 CrossStitch = ARCHS.get("cross_stitch")

@@ -7,12 +7,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mtlbench.backbones import build_backbone
-from mtlbench.data import Batch, TensorSplit
-from mtlbench.distributed import DistContext
-from mtlbench.registry import ARCHS, BALANCERS, load_all
+from mtlbench.backbones.base import build_backbone
+from mtlbench.core.data import Batch, TensorSplit
+from mtlbench.engine.distributed import DistContext
+from mtlbench.core.registry import ARCHS, BALANCERS, load_all
 from mtlbench.tasks import ClassificationTask
-from mtlbench.trainer import Trainer
+from mtlbench.engine.trainer import Trainer
 
 TASKS = [ClassificationTask("a", 3), ClassificationTask("b", 4)]
 BACKBONE = {"name": "mlp", "width": 16, "depth": 2, "dropout": 0.0}   # no batch norm

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtlbench.stats import delta_t, summarize
-from mtlbench.store import RUN_COLUMNS
+from mtlbench.results.stats import delta_t, summarize
+from mtlbench.results.store import RUN_COLUMNS
 
 
 # ----------------------------------------------------------------- delta_t

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from helpers import run_metrics
 
-from mtlbench.dense import (ANGLE_BIN_DEG, ASPPHead, DenseHead, DepthTask, L1Task, NormalTask,
+from mtlbench.tasks.dense import (ANGLE_BIN_DEG, ASPPHead, DenseHead, DepthTask, L1Task, NormalTask,
                             SegmentationTask, normal_angles)
 
 

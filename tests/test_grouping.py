@@ -1,4 +1,4 @@
-"""Task-grouping selection (mtlbench.grouping): exact branch-and-bound vs brute force and the
+"""Task-grouping selection (mtlbench.grouping.selection): exact branch-and-bound vs brute force and the
 integer program, on random tables and on the published Standley et al. Taskonomy tables;
 heuristics within their certified bound; HOA means; the ``group`` command."""
 import itertools
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import mtlbench.cli
-from mtlbench.grouping import GroupingError, ScoreTable, candidate_groups, hoa_table, select
-from mtlbench.grouping_synth import SyntheticTasks, random_table
+from mtlbench.grouping.selection import GroupingError, ScoreTable, candidate_groups, hoa_table, select
+from mtlbench.grouping.synth import SyntheticTasks, random_table
 
 TASKONOMY = Path(__file__).resolve().parents[2] / "shared" / "data" / "standley_taskonomy_scores"
 if not TASKONOMY.is_dir():

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 import mtlbench.cli
-from mtlbench.augment import Augmenter, hflip, resize_sample, scale_crop
-from mtlbench.data import DataError
-from mtlbench.registry import DATASETS
-from mtlbench.run import build_data
+from mtlbench.loaders.augment import Augmenter, hflip, resize_sample, scale_crop
+from mtlbench.core.data import DataError
+from mtlbench.core.registry import DATASETS
+from mtlbench.engine.run import build_data
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 TASK_FOLDERS = ("rgb", "segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture",

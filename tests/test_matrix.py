@@ -3,8 +3,8 @@ to end (profile=tiny). A new method or dataset is covered with no new test code.
 import pytest
 
 import mtlbench.cli
-from mtlbench.registry import ARCHS, BALANCERS, DATASETS, load_all
-from mtlbench.store import iter_runs
+from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS, load_all
+from mtlbench.results.store import iter_runs
 
 load_all()
 PAIRS = [(a, b) for a in ARCHS.names() for b in BALANCERS.names()]

@@ -8,11 +8,11 @@ import yaml
 from torch import nn
 
 import mtlbench
-from mtlbench.backbones import Backbone, Block, build_backbone
-from mtlbench.dense import DepthTask, NormalTask, SegmentationTask
-from mtlbench.model import count_params
-from mtlbench.registry import ARCHS
-from mtlbench.store import iter_runs
+from mtlbench.backbones.base import Backbone, Block, build_backbone
+from mtlbench.tasks.dense import DepthTask, NormalTask, SegmentationTask
+from mtlbench.core.model import count_params
+from mtlbench.core.registry import ARCHS
+from mtlbench.results.store import iter_runs
 from mtlbench.tasks import ClassificationTask
 
 MTAN = ARCHS.get("mtan")

@@ -5,8 +5,8 @@ from contextlib import contextmanager
 import pytest
 
 import mtlbench.cli
-import mtlbench.registry as registry
-from mtlbench.registry import ARCHS, BALANCERS, DATASETS, PROCEDURES, Registry, RegistryError
+import mtlbench.core.registry as registry
+from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS, PROCEDURES, Registry, RegistryError
 
 
 # ----------------------------------------------------------------- Registry basics
@@ -141,8 +141,8 @@ def plugin_sandbox(plugin_dir):
 
 def test_entry_point_plugin_registers_an_arch(tmp_path, monkeypatch):
     _fake_distribution(tmp_path, "myplugin", "plugin", "myplugin_mod", """
-        from mtlbench.model import MTLModel
-        from mtlbench.registry import ARCHS
+        from mtlbench.core.model import MTLModel
+        from mtlbench.core.registry import ARCHS
 
 
         @ARCHS.register("plugin_arch")

@@ -1,4 +1,4 @@
-"""Reports from fabricated run folders (written through mtlbench.store) with known numbers,
+"""Reports from fabricated run folders (written through mtlbench.results.store) with known numbers,
 plus one end-to-end test that trains tiny runs through the CLI and reports them."""
 import math
 import re
@@ -13,8 +13,8 @@ from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 
 import mtlbench.cli
-from mtlbench.stats import delta_t
-from mtlbench.store import RunFolder, atomic_write_json, atomic_write_text
+from mtlbench.results.stats import delta_t
+from mtlbench.results.store import RunFolder, atomic_write_json, atomic_write_text
 
 HIB = {"a": {"acc": True}, "b": {"err": False}}
 PARAMS = {"stl": 2000, "hs": 1000, "big": 3000, "dwa": 1000}

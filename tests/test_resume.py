@@ -11,7 +11,7 @@ import torch
 
 import mtlbench.cli
 import mtlbench.tasks
-from mtlbench.store import iter_runs
+from mtlbench.results.store import iter_runs
 
 BUDGET = ["trainer.epochs=3", "trainer.max_steps_per_epoch=12", "trainer.batch_size=32",
           "dataset.limit=512", "trainer.progress=false", "trainer.checkpoint_every_steps=3"]

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mtlbench.data import MTLData, TensorSplit
-from mtlbench.registry import ARCHS, BALANCERS
-from mtlbench.backbones import build_backbone
-from mtlbench.store import iter_runs
+from mtlbench.core.data import MTLData, TensorSplit
+from mtlbench.core.registry import ARCHS, BALANCERS
+from mtlbench.backbones.base import build_backbone
+from mtlbench.results.store import iter_runs
 from mtlbench.tasks import Accuracy, ClassificationTask
-from mtlbench.trainer import Trainer
+from mtlbench.engine.trainer import Trainer
 
 RUN_ID = re.compile(r"s0-[0-9a-f]{8}")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mtlbench.cli
-from mtlbench.registry import DATASETS
+from mtlbench.core.registry import DATASETS
 
 S = pytest.importorskip("mtlbench.datasets.scenes")
 

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from mtlbench.backbones import build_backbone
-from mtlbench.data import DatasetSplit
-from mtlbench.dense import DepthTask, SegmentationTask
-from mtlbench.registry import ARCHS, load_all
-from mtlbench.speed import SpeedOptions
-from mtlbench.store import iter_runs
+from mtlbench.backbones.base import build_backbone
+from mtlbench.core.data import DatasetSplit
+from mtlbench.tasks.dense import DepthTask, SegmentationTask
+from mtlbench.core.registry import ARCHS, load_all
+from mtlbench.engine.speed import SpeedOptions
+from mtlbench.results.store import iter_runs
 
 SCENES = ["dataset=scenes", "dataset.n_train=32", "dataset.n_val=16", "dataset.n_test=16"]
 
@@ -85,7 +85,7 @@ def test_compile_blocker_is_said():
 
 
 class Noisy(torch.utils.data.Dataset):
-    """Each sample gets random 'augmentation' from torch's RNG, like mtlbench.augment."""
+    """Each sample gets random 'augmentation' from torch's RNG, like mtlbench.loaders.augment."""
 
     def __len__(self):
         return 24

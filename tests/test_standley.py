@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mtlbench.store import iter_runs
+from mtlbench.results.store import iter_runs
 
 SCENES3 = ["dataset=scenes", "dataset.n_train=32", "dataset.n_val=16", "dataset.n_test=16",
            "dataset.tasks=[seg,depth,normal]", "backbone.width=8"]

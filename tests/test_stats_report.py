@@ -8,9 +8,9 @@ import scikit_posthocs as sp
 from scipy import stats as st
 from statsmodels.stats.multitest import multipletests
 
-from mtlbench.significance import (compare_to_baseline, cross_dataset, holm, min_pvalue, power_warnings,
+from mtlbench.results.significance import (compare_to_baseline, cross_dataset, holm, min_pvalue, power_warnings,
                                    pvalue)
-from mtlbench.stats import bootstrap_delta, delta_m, delta_spec, delta_t
+from mtlbench.results.stats import bootstrap_delta, delta_m, delta_spec, delta_t
 
 HIB = {"a": {"acc": True, "err": False}, "b": {"acc": True}}
 
@@ -176,7 +176,7 @@ def test_cross_dataset_with_incomplete_methods_and_too_few():
 
 def test_split_seed_tied_to_seed_is_one_protocol():
     """School / Landmine resample the split with every seed (split_seed=${seed}): one protocol."""
-    from mtlbench.protocol import protocol_of
+    from mtlbench.results.protocol import protocol_of
 
     def proto(dataset, seed, split_seed):
         cfg = {"seed": seed, "dataset": {"name": dataset, "split_seed": split_seed}, "trainer": {"epochs": 3}}

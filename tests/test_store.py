@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import mtlbench
-from mtlbench.store import (RUN_COLUMNS, RunFolder, StoreError, atomic_write_json, config_hash,
+from mtlbench.results.store import (RUN_COLUMNS, RunFolder, StoreError, atomic_write_json, config_hash,
                             load_runs, read_run)
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mtlbench.store import iter_runs
+from mtlbench.results.store import iter_runs
 
 needs_joblib = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is None,
                                   reason="hydra-joblib-launcher not installed (it is in the dev extra)")

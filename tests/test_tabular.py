@@ -11,11 +11,11 @@ from helpers import run_metrics
 from sklearn.metrics import explained_variance_score, mean_absolute_error, mean_squared_error, roc_auc_score
 
 import mtlbench.cli
-from mtlbench.backbones import ResidualBlock, build_backbone
-from mtlbench.registry import ARCHS, BACKBONES, load_all
-from mtlbench.resmlp import ResMLPBlock
-from mtlbench.tabular import BinaryTask, RegressionTask
-from mtlbench.trainer import Trainer
+from mtlbench.backbones.base import ResidualBlock, build_backbone
+from mtlbench.core.registry import ARCHS, BACKBONES, load_all
+from mtlbench.backbones.resmlp import ResMLPBlock
+from mtlbench.tasks.tabular import BinaryTask, RegressionTask
+from mtlbench.engine.trainer import Trainer
 
 load_all()
 
@@ -83,7 +83,7 @@ def test_resmlp_blocks_follow_the_residual_contract():
 
 def test_mtan_reads_resmlp_blocks_as_the_block_computes_them():
     """MTAN's feature-vector stage taps (u = relu(fc1(x)), f) must equal the block's own output."""
-    from mtlbench.tabular import RegressionTask as R
+    from mtlbench.tasks.tabular import RegressionTask as R
 
     torch.manual_seed(0)
     tasks = [R("a"), R("b")]
@@ -103,7 +103,7 @@ def test_mtan_reads_resmlp_blocks_as_the_block_computes_them():
 @pytest.mark.parametrize("arch", ARCHS.names())
 def test_every_arch_trains_on_label_masked_scalar_tasks(arch):
     """One-sample-one-task data (the School layout): each task sees its own samples only."""
-    from mtlbench.data import MTLData, TensorSplit
+    from mtlbench.core.data import MTLData, TensorSplit
 
     g = torch.Generator().manual_seed(0)
     n, tasks = 96, [RegressionTask("r0"), RegressionTask("r1"), BinaryTask("b2")]
@@ -118,7 +118,7 @@ def test_every_arch_trains_on_label_masked_scalar_tasks(arch):
     data = MTLData("toy", tasks, (6,), {"train": split(), "val": split(), "test": split()})
     torch.manual_seed(0)
     model = ARCHS.get(arch)(lambda: build_backbone({"name": "resmlp", "width": 8, "depth": 2}, (6,)), tasks)
-    from mtlbench.registry import BALANCERS
+    from mtlbench.core.registry import BALANCERS
 
     fit = Trainer(epochs=3, batch_size=16, progress=False, device="cpu").fit(
         model, BALANCERS.get("mgda")(data.task_names), data)

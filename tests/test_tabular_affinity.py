@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from mtlbench.affinity import grouping_scores, labelled_subset, lookahead_affinity, probe_batch
-from mtlbench.backbones import build_backbone
-from mtlbench.data import MTLData, TensorSplit
-from mtlbench.registry import ARCHS
-from mtlbench.store import iter_runs
-from mtlbench.tabular import RegressionTask
+from mtlbench.grouping.affinity import grouping_scores, labelled_subset, lookahead_affinity, probe_batch
+from mtlbench.backbones.base import build_backbone
+from mtlbench.core.data import MTLData, TensorSplit
+from mtlbench.core.registry import ARCHS
+from mtlbench.results.store import iter_runs
+from mtlbench.tasks.tabular import RegressionTask
 
 
 def toy(n=240, seed=0):
@@ -56,9 +56,9 @@ def test_lookahead_affinity_matches_a_manual_sgd_step_and_leaves_model_untouched
 
 
 def test_affinity_ranks_the_related_task_above_the_unrelated_one():
-    from mtlbench.affinity import tag_affinity
-    from mtlbench.registry import BALANCERS
-    from mtlbench.trainer import Trainer
+    from mtlbench.grouping.affinity import tag_affinity
+    from mtlbench.core.registry import BALANCERS
+    from mtlbench.engine.trainer import Trainer
 
     data = toy(n=400)
     torch.manual_seed(0)

@@ -12,9 +12,9 @@ import pytest
 import scipy.io
 import torch
 
-from mtlbench.data import DataError
-from mtlbench.registry import DATASETS
-from mtlbench.store import iter_runs
+from mtlbench.core.data import DataError
+from mtlbench.core.registry import DATASETS
+from mtlbench.results.store import iter_runs
 
 SHARED = Path(os.environ.get("MTLBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -217,7 +217,7 @@ def test_real_school_short_run(run_cli, results_dir):
 
 
 def test_a_task_keeps_its_split_whatever_tasks_come_with_it():
-    from mtlbench.tabular_data import per_task_split
+    from mtlbench.loaders.tabular import per_task_split
 
     rows_a, rows_b = np.arange(0, 40), np.arange(40, 70)
     alone = per_task_split([rows_b - 40], 0.6, 0.2, seed=3, task_ids=[1])

@@ -1,0 +1,122 @@
+"""Candidate networks for the ``standley`` procedure (Standley et al., ICML 2020): each
+candidate is an ordinary mtlbench run (``procedure: single``, ``role: candidate``) whose
+config is derived from the main run's, so it lands in the results store under its own
+config hash and is reused by any later search with the same protocol.
+
+Derivation (``candidate_config``): the main config without its ``grouping`` and ``preset``
+nodes; ``dataset.tasks`` = the group; ``arch`` = the candidate arch's config node
+(``conf/arch/<name>.yaml``); ``procedure: single``; ``role: candidate``; ``force: false``
+(a forced main run still reuses its candidates); half-width singles halve
+``backbone.width``; early-stopping candidates (ESA) train ``round(epochs * fraction)``
+epochs (at least 1) -- a different config, hence a different cache entry.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from importlib import resources
+from typing import Callable, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from mtlbench.engine.run import execute, method_name
+from mtlbench.results.store import RunFolder, config_hash
+
+
+def arch_node(name: str) -> dict:
+    path = resources.files("mtlbench.conf") / "arch" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.name[:-5] for p in (resources.files("mtlbench.conf") / "arch").iterdir()
+                       if p.name.endswith(".yaml"))
+        raise ValueError(f"grouping.arch '{name}' is not an architecture config; known: {', '.join(known)}")
+    return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)
+
+
+def candidate_config(cfg: dict, group: Sequence[str], arch: str, half: bool = False,
+                     epoch_fraction: Optional[float] = None) -> dict:
+    c = copy.deepcopy(cfg)
+    for key in ("grouping", "preset"):
+        c.pop(key, None)
+    c["dataset"]["tasks"] = list(group)
+    c["arch"] = arch_node(arch)
+    c["procedure"] = {"name": "single"}
+    c["role"] = "candidate"
+    c["force"] = False
+    if half:
+        width = c["backbone"].get("width")
+        if not isinstance(width, int) or width < 2:
+            raise ValueError(f"grouping.half_singles needs a backbone with an integer width >= 2 "
+                             f"(backbone '{c['backbone']['name']}' has {width!r}); set grouping.half_singles=false")
+        c["backbone"]["width"] = width // 2
+    if epoch_fraction is not None:
+        c["trainer"]["epochs"] = max(1, int(round(int(c["trainer"]["epochs"]) * float(epoch_fraction))))
+    return c
+
+
+def is_cached(c: dict) -> bool:
+    folder = RunFolder(c["results_dir"], c["dataset"]["name"], method_name(c), f"s{int(c['seed'])}-{config_hash(c)}")
+    return folder.is_completed()
+
+
+class CandidatePool:
+    """Runs (or reuses) candidate networks; remembers every record it returned."""
+
+    def __init__(self, cfg: dict, arch: str, say: Callable[[str], None] = print):
+        self.cfg, self.arch, self.say = cfg, arch, say
+        self.trained: List[str] = []
+        self.reused: List[str] = []
+        self.train_time_s = 0.0
+
+    def get(self, group: Sequence[str], half: bool = False, epoch_fraction: Optional[float] = None) -> dict:
+        c = candidate_config(self.cfg, group, self.arch, half=half, epoch_fraction=epoch_fraction)
+        name = network_name(group, half)
+        label = name + (f" (ESA, {c['trainer']['epochs']} epochs)" if epoch_fraction is not None else "")
+        cached = is_cached(c)
+        t0 = time.perf_counter()
+        rec = execute(OmegaConf.create(c), quiet=True)
+        if rec.get("status") != "completed":
+            raise RuntimeError(f"candidate {label} did not complete: {rec.get('reason')}")
+        (self.reused if cached else self.trained).append(label)
+        self.train_time_s += float(rec.get("train_time_s") or 0.0)
+        self.say(f"candidate {label}: {'cached' if cached else 'trained'} "
+                 f"({'' if cached else f'{time.perf_counter() - t0:.1f}s, '}run {rec['run_id']})")
+        return rec
+
+
+def network_name(group: Sequence[str], half: bool = False) -> str:
+    return f"{group[0]}_half" if half else "+".join(group)
+
+
+def score_of(rec: dict, task: str, split: str, metric) -> float:
+    """The score used for selection, lower is better: the task's loss (``metric='loss'``), or
+    a metric (``{task: metric}``, or 'primary' = the task's first metric), negated when
+    higher is better (``direction`` 'auto' = the task's own)."""
+    kind, direction = metric
+    if kind == "loss":
+        return float(rec["losses"][split][task])
+    scores = rec["metrics"][split][task]
+    name = next(iter(scores)) if kind == "primary" else kind[task]
+    if name not in scores:
+        raise ValueError(f"grouping.metric: task '{task}' has no metric '{name}' (it has {', '.join(scores)})")
+    hib = rec["higher_is_better"][task][name] if direction == "auto" else direction == "higher"
+    return -float(scores[name]) if hib else float(scores[name])
+
+
+def parse_metric(g: dict, tasks: Sequence[str]):
+    m, d = g.get("metric", "loss"), g.get("direction", "auto")
+    if d not in ("auto", "lower", "higher"):
+        raise ValueError(f"grouping.direction must be auto, lower or higher (got {d!r})")
+    if m in ("loss", "primary"):
+        return m, d
+    if isinstance(m, str):
+        return {t: m for t in tasks}, d
+    if isinstance(m, dict) and set(tasks) <= set(m):
+        return dict(m), d
+    raise ValueError("grouping.metric must be loss, primary, a metric name or {task: metric} for every task "
+                     f"(got {m!r})")
+
+
+def all_groups(tasks: Sequence[str], min_size: int = 1) -> List[tuple]:
+    import itertools
+
+    return [g for r in range(min_size, len(tasks) + 1) for g in itertools.combinations(tasks, r)]

@@ -1,0 +1,121 @@
+"""Benchmarks: ``python -m mtlbench bench overhead``.
+
+``overhead`` runs the same model on the same batches through ``Trainer.train_epoch``
+(with its progress bar, loss bookkeeping and balancer) and through a bare hand-written
+PyTorch loop, interleaved, and reports medians: the ratio trainer / bare and the fixed
+cost per step in ms. Both loops release gradients alike (``zero_grad(set_to_none=True)``).
+Two models: the default run's model (hard sharing, small_cnn, MultiMNIST batches of
+the default batch size) and a tiny MLP whose step is so cheap that fixed costs show.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import statistics
+import time
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mtlbench.backbones.base import build_backbone
+from mtlbench.core.data import Batch
+from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS
+from mtlbench.tasks import ClassificationTask
+from mtlbench.engine.trainer import Trainer
+
+
+def _bare_epoch(model, balancer, optimizer, batches: List[Batch], names):
+    """A hand-written loop: forward, cross-entropy per task, the method's own backward
+    (its balancer: for equal weights exactly ``sum(losses).backward()``), step."""
+    model.train()
+    for b in batches:
+        out = model(b.x)
+        losses = {t: F.cross_entropy(out[t], b.targets[t]) for t in names}
+        optimizer.zero_grad(set_to_none=True)
+        balancer.backward(losses, model)
+        optimizer.step()
+
+
+def _setup(arch, backbone_cfg, tasks, input_shape, lr=1e-3, balancer: str = "equal"):
+    torch.manual_seed(0)
+    model = ARCHS.get(arch)(lambda: build_backbone(backbone_cfg, input_shape), tasks)
+    balancer = BALANCERS.get(balancer)([t.name for t in tasks])
+    return model, balancer
+
+
+def measure(name, model, balancer, tasks, batches, repeats: int):
+    trainer = Trainer(epochs=1, batch_size=len(batches[0]), device="cpu", progress=True)
+    names = [t.name for t in tasks]
+    m_tr, m_bare, b_bare = model, copy.deepcopy(model), copy.deepcopy(balancer)
+    opt_tr = trainer.make_optimizer(m_tr, balancer)
+    opt_bare = torch.optim.Adam(list(m_bare.parameters()) + list(b_bare.parameters()), lr=opt_tr.defaults["lr"])
+
+    def run_trainer():
+        with tqdm(total=len(batches), file=io.StringIO(), leave=False) as bar:
+            out = trainer.train_epoch(m_tr, balancer, opt_tr, batches, tasks, bar)
+        out.tolist()  # the once-per-epoch read the trainer does
+
+    def run_bare():
+        _bare_epoch(m_bare, b_bare, opt_bare, batches, names)
+
+    run_trainer(), run_bare()  # warm-up
+    t_tr, t_bare = [], []
+    for r in range(repeats):
+        order = [(run_trainer, t_tr), (run_bare, t_bare)]
+        for fn, acc in (order if r % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            acc.append((time.perf_counter() - t0) / len(batches))
+    tr, bare = statistics.median(t_tr), statistics.median(t_bare)
+    return {"model": name, "steps": len(batches), "bare_ms": bare * 1e3, "trainer_ms": tr * 1e3,
+            "ratio": tr / bare, "fixed_ms": (tr - bare) * 1e3}
+
+
+def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400) -> List[dict]:
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    # tiny model: 16 features -> residual MLP of width 8 -> two 4-way heads, batch 8
+    g = torch.Generator().manual_seed(0)
+    tasks = [ClassificationTask("a", 4), ClassificationTask("b", 4)]
+    tiny = [Batch(torch.randn(8, 16, generator=g),
+                  {t.name: torch.randint(0, 4, (8,), generator=g) for t in tasks}) for _ in range(tiny_steps)]
+    model, bal = _setup("hard_sharing", {"name": "mlp", "width": 8, "depth": 1}, tasks, (16,))
+    rows.append(measure("tiny (mlp w8, batch 8)", model, bal, tasks, tiny, repeats))
+    # the default run's model on real MultiMNIST batches
+    data = DATASETS.get("multimnist")(root=None, split_seed=0, n_train=128 * steps, n_val=10, n_test=10)
+    batches = list(data.splits["train"].batches(128, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    model, bal = _setup("hard_sharing", {"name": "small_cnn", "width": 16, "depths": [1, 1, 1]},
+                        data.tasks, data.input_shape)
+    rows.append(measure("default (multimnist small_cnn, batch 128)", model, bal, data.tasks, batches, repeats))
+    # other methods on the same model and batches (the bare loop runs the same method)
+    for arch, balancer in (("hard_sharing", "uw"), ("hard_sharing", "dwa"), ("mtan", "equal"),
+                           ("adashare", "equal")):
+        if arch not in ARCHS.names() or balancer not in BALANCERS.names():
+            continue
+        try:
+            model, bal = _setup(arch, {"name": "small_cnn", "width": 16, "depths": [1, 1, 1]}, data.tasks,
+                                data.input_shape, balancer=balancer)
+        except ValueError as exc:  # an architecture that needs another backbone
+            print(f"skipped {arch}+{balancer}: {exc}")
+            continue
+        rows.append(measure(f"{arch}+{balancer} (multimnist small_cnn, batch 128)", model, bal, data.tasks,
+                            batches[: max(steps // 2, 4)], repeats))
+    return rows
+
+
+def main(args: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m mtlbench bench overhead", description="trainer vs bare PyTorch loop")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=30, help="steps per epoch on the default model")
+    ns = p.parse_args(args)
+    rows = overhead(ns.repeats, ns.steps)
+    print(f"{'model':44s} {'steps':>6s} {'bare ms/step':>13s} {'trainer ms/step':>16s} {'ratio':>7s} {'fixed ms/step':>14s}")
+    for r in rows:
+        print(f"{r['model']:44s} {r['steps']:6d} {r['bare_ms']:13.3f} {r['trainer_ms']:16.3f} "
+              f"{r['ratio']:7.3f} {r['fixed_ms']:14.3f}")
+    print(f"fixed cost per step (tiny model): {rows[0]['fixed_ms']:.3f} ms (target < 0.3)")
+    print(f"overhead ratio trainer/bare (default model): {rows[1]['ratio']:.3f} (target <= 1.05)")
+    return 0

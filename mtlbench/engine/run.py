@@ -1,0 +1,239 @@
+"""One run, end to end: config -> data -> procedure -> run.json.
+
+``execute(cfg)`` is what ``python -m mtlbench run`` calls for each (multi)run job.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import itertools
+import os
+import platform
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtlbench import __version__
+from mtlbench.backbones.base import build_backbone
+from mtlbench.engine.checkpoint import CheckpointSlot, checkpoint_log_bytes
+from mtlbench.engine.distributed import SINGLE, DistContext, from_env
+from mtlbench.core.data import MTLData, apply_limit
+from mtlbench.core.model import count_flops, count_params
+from mtlbench.core.procedure import RunContext
+from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS, PROCEDURES
+from mtlbench.results.store import RunFolder, StoreError, atomic_write_json, atomic_write_text, config_hash
+from mtlbench.engine.trainer import Trainer
+
+
+def _kw(node: dict, *drop: str) -> dict:
+    return {k: v for k, v in node.items() if k not in ("name", *drop)}
+
+
+def method_name(c: dict) -> str:
+    """The preset's name, or ``<arch>+<balancer>`` when arch/balancer/procedure were overridden."""
+    preset = c.get("preset") or {}
+    chosen = (c["arch"]["name"], c["balancer"]["name"], c["procedure"]["name"])
+    if preset.get("name") and chosen == (preset.get("arch"), preset.get("balancer"), preset.get("procedure")):
+        return preset["name"]
+    name = f"{chosen[0]}+{chosen[1]}"
+    return name if chosen[2] == "single" else f"{name}+{chosen[2]}"
+
+
+def build_data(dcfg: dict, data_root: Optional[str] = None) -> MTLData:
+    """Build the dataset from its config node (generic keys: name, root, split_seed, limit, tasks)."""
+    builder = DATASETS.get(dcfg["name"])
+    root = dcfg.get("root") or data_root
+    root = os.path.expanduser(root) if root else None
+    extra = {}
+    if dcfg.get("tasks") and "tasks" in inspect.signature(builder).parameters:
+        extra["tasks"] = list(dcfg["tasks"])  # builders that can skip reading unused tasks' files
+    data = builder(root=root, split_seed=int(dcfg.get("split_seed") or 0),
+                   **_kw(dcfg, "root", "split_seed", "limit", "tasks"), **extra)
+    if dcfg.get("tasks"):
+        data = data.select_tasks(list(dcfg["tasks"]))
+    return apply_limit(data, dcfg.get("limit"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    import hydra
+    import pandas
+
+    return {"mtlbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "pandas": pandas.__version__, "hydra": hydra.__version__}
+
+
+def git_commit() -> Optional[str]:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def epoch_line(row: dict) -> str:
+    val = " ".join(f"{t}.{m}={v:.4f}" for t, ms in row["val"].items() for m, v in ms.items())
+    loss = " ".join(f"{t}={v:.4f}" for t, v in row["train_loss"].items())
+    phase = f"{row['phase']} " if row.get("phase") else ""  # multi-phase procedures tag their rows
+    return f"{phase}epoch {row['epoch']}: train loss {loss} | val {val} ({row['epoch_time_s']:.1f}s)"
+
+
+def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None,
+                 dctx: DistContext = SINGLE) -> RunContext:
+    seed = int(c["seed"])
+    arch_cls, balancer_cls = ARCHS.get(c["arch"]["name"]), BALANCERS.get(c["balancer"]["name"])
+
+    def build_model(tasks, arch: Optional[dict] = None, backbone: Optional[dict] = None):
+        acfg, bcfg = arch or c["arch"], backbone or c["backbone"]
+        cls = ARCHS.get(acfg["name"]) if arch else arch_cls
+        return cls(lambda: build_backbone(bcfg, data.input_shape), tasks, **_kw(acfg))
+
+    def build_balancer(task_names, balancer: Optional[dict] = None):
+        bcfg = balancer or c["balancer"]
+        cls = BALANCERS.get(bcfg["name"]) if balancer else balancer_cls
+        return cls(task_names, **_kw(bcfg))
+
+    fits = itertools.count(1)
+
+    def make_trainer(**overrides) -> Trainer:
+        """A trainer with its own checkpoint slot: the k-th trainer of the run checkpoints
+        to ``checkpoints/fit<k>.pt`` (procedures make their trainers in a fixed order)."""
+        trainer = Trainer(**{**c["trainer"], **overrides})
+        trainer.dist = dctx
+        if dctx.active and trainer.device.type == "cuda":
+            trainer.device = torch.device("cuda", dctx.local_rank)
+        if folder is not None:
+            trainer.checkpoint = CheckpointSlot(folder.path / "checkpoints", f"fit{next(fits)}",
+                                                trainer.checkpoint_every_steps, folder.path / "metrics.jsonl",
+                                                writer=dctx.is_main)
+            trainer.resume = bool(c.get("resume", True))
+        return trainer
+
+    def log_epoch(row: dict) -> None:
+        if folder is not None and dctx.is_main:
+            folder.append_jsonl("metrics.jsonl", row)
+        if say is not None:
+            say(epoch_line(row))
+
+    return RunContext(cfg=c, data=data, seed=seed, build_model=build_model,
+                      build_balancer=build_balancer, make_trainer=make_trainer, log_epoch=log_epoch,
+                      folder=folder.path if folder is not None and dctx.is_main else None)
+
+
+def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = False) -> dict:
+    """Run (or skip, when already completed) the run described by ``cfg``; return its record."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    dctx = from_env(c["trainer"].get("device") or "auto")  # torchrun: only rank 0 writes or talks
+    main = dctx.is_main
+    say = (lambda *a: None) if quiet or not main else (lambda *a: print("[mtlbench]", *a, flush=True))
+    method, dataset, seed = method_name(c), c["dataset"]["name"], int(c["seed"])
+    for reg, node in ((ARCHS, "arch"), (BALANCERS, "balancer"), (PROCEDURES, "procedure"), (DATASETS, "dataset")):
+        reg.get(c[node]["name"])  # unknown names fail here, before anything is written
+    Trainer(**c["trainer"])  # so do bad trainer settings
+    run_id = f"s{seed}-{config_hash(c)}"
+    folder = RunFolder(c["results_dir"], dataset, method, run_id)
+    if folder.is_completed():
+        if not c.get("force"):
+            say(f"skip: {method} on {dataset} (seed {seed}) already completed at {folder.run_json} "
+                f"(force=true runs it again under a new id)")
+            return folder.record()
+        run_id = f"{run_id}-f{_dt.datetime.now().strftime('%Y%m%d%H%M%S%f')}"
+        folder = RunFolder(c["results_dir"], dataset, method, run_id)
+    if main:
+        folder.acquire()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    try:
+        if main:
+            atomic_write_text(folder.path / "config.yaml", OmegaConf.to_yaml(c))
+            for name, text in (hydra_files or {}).items():
+                (folder.path / ".hydra").mkdir(exist_ok=True)
+                atomic_write_text(folder.path / ".hydra" / name, text)
+            if _prepare_resume(folder.path, bool(c.get("resume", True))):
+                say(f"resuming {method} on {dataset} (seed {seed}) from {folder.path / 'checkpoints'}")
+        if dctx.active:
+            torch.distributed.barrier()  # ranks > 0 read the checkpoints rank 0 kept
+        seed_everything(int(c["dataset"].get("split_seed") or 0))
+        data = build_data(c["dataset"], c.get("data_root"))
+        seed_everything(seed)
+        procedure = PROCEDURES.get(c["procedure"]["name"])(**_kw(c["procedure"]))
+        say(f"{method} on {dataset} (seed {seed}, tasks {data.task_names}, "
+            f"sizes {data.sizes()}) -> {folder.path}")
+        result = procedure(make_context(c, data, folder, say, dctx))
+    except BaseException as exc:
+        if main:
+            _write_failed(folder, c, method, run_id, started, exc)
+            folder.release()
+        raise
+    fit, model = result.fit, result.model
+    record = {
+        "status": "completed", "run_id": run_id, "method": method, "dataset": dataset, "seed": seed,
+        "tasks": data.task_names,
+        "metrics": {"test": fit.test, "val": fit.val},
+        "losses": {"test": fit.test_losses, "val": fit.val_losses,
+                   "train": fit.history[-1]["train_loss"] if fit.history else {}},
+        "higher_is_better": {t.name: t.higher_is_better for t in data.tasks},
+        "arch": c["arch"]["name"], "balancer": c["balancer"]["name"],
+        "procedure": c["procedure"]["name"], "backbone": c["backbone"]["name"],
+        "params": result.params if result.params is not None else count_params(model),
+        "flops": result.flops if result.flops is not None else
+        count_flops(model, data.input_shape, device=next(model.parameters()).device),
+        "role": c.get("role") or "main",  # "candidate": a task-grouping candidate, never in reports
+        "selection": {"mode": c["trainer"]["selection"], "epoch": fit.selected_epoch},
+        "epochs": len(fit.history), "data_sizes": data.sizes(),
+        "wall_time_s": round(time.perf_counter() - t0, 3), "train_time_s": round(fit.wall_time_s, 3),
+        "started_at": started, "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(next(model.parameters()).device), "versions": versions(), "git_commit": git_commit(),
+        "procedure_info": result.info, "config_hash": config_hash(c),
+    }
+    if dctx.active:
+        record["world_size"] = dctx.world
+    if not main:
+        return record
+    atomic_write_json(folder.run_json, record)
+    shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)  # only for resuming an unfinished run
+    folder.release()
+    shown = " ".join(f"{t}.{m}={v:.4f}" for t, ms in fit.test.items() for m, v in ms.items())
+    say(f"test: {shown}")
+    say(f"run.json: {folder.run_json}")
+    return record
+
+
+def _prepare_resume(path: Path, resume: bool) -> bool:
+    """Cut metrics.jsonl back to the newest checkpoint and keep the checkpoints (True), or
+    start afresh: no checkpoints, no metrics.jsonl (False)."""
+    ckpt, log = path / "checkpoints", path / "metrics.jsonl"
+    size = checkpoint_log_bytes(ckpt) if resume and ckpt.is_dir() else None
+    if size is None:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        log.unlink(missing_ok=True)
+        return False
+    if log.is_file() and log.stat().st_size > size:
+        with open(log, "r+b") as f:
+            f.truncate(size)
+    return True
+
+
+def _write_failed(folder: RunFolder, c: dict, method: str, run_id: str, started: str, exc: BaseException):
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+    try:
+        atomic_write_json(folder.run_json, {
+            "status": "failed", "run_id": run_id, "method": method, "dataset": c["dataset"]["name"],
+            "seed": int(c["seed"]), "reason": reason, "started_at": started,
+            "arch": c["arch"]["name"], "balancer": c["balancer"]["name"],
+            "procedure": c["procedure"]["name"], "backbone": c["backbone"]["name"]})
+    except (OSError, StoreError):
+        pass

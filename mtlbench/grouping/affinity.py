@@ -1,0 +1,202 @@
+"""Pairwise inter-task affinity from ONE multi-task run: the lookahead affinity of TAG
+(Fifty, Amid, Zhao, Yu, Anil & Finn, "Efficiently Identifying Task Groupings for Multi-Task
+Learning", NeurIPS 2021; reference code google-research/google-research, ``tag/``).
+
+At a training step with shared parameters θ_s (``model.shared_parameters()``) and batch b,
+
+    Z_{i→j} = 1 − L_j(θ_s − η ∇_{θ_s} L_i, θ_j; b) / L_j(θ_s, θ_j; b)
+
+i.e. how much one SGD step on task i's loss (learning rate ``lookahead_lr`` = η) lowers
+(> 0) or raises (< 0) task j's loss on the same batch, task-specific parameters unchanged.
+Z is computed every ``every`` training steps of a hard-sharing run and averaged over those
+steps (a step where task j has no labelled sample leaves Z_{·→j} out of its mean). The
+T×T result is ``Z[i, j] = Z_{i→j}``; its diagonal is each task's own lookahead gain.
+
+Conventions here: the lookahead losses are computed with the model in eval mode (no
+dropout noise, no BatchNorm statistic update: both L(θ) and L(θ') are deterministic) and
+the parameters are swapped in with ``torch.func.functional_call``, so the trained model is
+never modified. On label-masked data (one sample, one task: School, Landmine) a training
+batch labels few samples per task, so the batch b of an affinity step is a probe drawn from
+the training split with up to ``probe_per_task`` labelled samples of every task (TAG uses
+the training batch itself; on fully labelled data the probe is ``probe_size`` random rows).
+
+``grouping_scores(Z)`` turns Z into the inputs of ``mtlbench.grouping.selection``: ``pair[i, j] =
+−Z_{j→i}`` (task i's score in a network shared with j; lower is better: j helps i) and
+``single[i] = 0`` (a task alone gets no help). TAG then ranks groups by the affinity onto
+each member; ``hoa_table`` averages ``pair`` over a group the same way.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from mtlbench.core.data import Batch, MTLData
+
+
+def _masks(batch: Batch, name: str):
+    return None if batch.masks is None else batch.masks[name]
+
+
+def task_losses(model, batch: Batch, tasks) -> torch.Tensor:
+    preds = model(batch.x)
+    return torch.stack([t.loss(preds[t.name], batch.targets[t.name], _masks(batch, t.name)) for t in tasks])
+
+
+def lookahead_affinity(model, batch: Batch, tasks, lookahead_lr: float) -> np.ndarray:
+    """One step's Z [T, T] (nan where task j has no labelled sample or task i none)."""
+    from torch.func import functional_call
+
+    shared_ids = {id(p) for p in model.shared_parameters()}
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in shared_ids]
+    T = len(tasks)
+    z = np.full((T, T), np.nan)
+    if not named:
+        return z
+    was_training = model.training
+    model.eval()
+    try:
+        losses = task_losses(model, batch, tasks)
+        base = losses.detach()
+        present = _present(batch, tasks, base)
+        for i in range(T):
+            if not present[i]:
+                continue
+            grads = torch.autograd.grad(losses[i], [p for _, p in named], retain_graph=True, allow_unused=True)
+            moved = {n: (p if g is None else p - lookahead_lr * g).detach() for (n, p), g in zip(named, grads)}
+            with torch.no_grad():
+                ahead = task_losses(lambda x: functional_call(model, moved, (x,)), batch, tasks)
+            ratio = (ahead / base.clamp_min(1e-12)).cpu().numpy()
+            z[i] = np.where(present, 1.0 - ratio, np.nan)
+    finally:
+        model.train(was_training)
+    return z
+
+
+def _present(batch: Batch, tasks, base: torch.Tensor) -> np.ndarray:
+    ok = (base > 0).cpu().numpy()
+    if batch.masks is not None:
+        ok &= np.array([bool(batch.masks[t.name].any()) for t in tasks])
+    return ok
+
+
+def probe_batch(split, task_names: Sequence[str], generator: torch.Generator, probe_per_task: int = 16,
+                probe_size: int = 1024) -> Batch:
+    """A batch of the training split for one affinity step (see the module docstring)."""
+    n = len(split)
+    masks = getattr(split, "masks", None)
+    if masks is None:
+        idx = torch.randperm(n, generator=generator)[:probe_size]
+    else:
+        parts = []
+        for t in task_names:
+            rows = torch.nonzero(masks[t], as_tuple=False).reshape(-1)
+            if len(rows):
+                parts.append(rows[torch.randperm(len(rows), generator=generator)[:probe_per_task]])
+        idx = torch.unique(torch.cat(parts)) if parts else torch.arange(min(n, probe_size))
+    sub = split.subset(idx)
+    return next(iter(sub.batches(len(sub))))
+
+
+class AffinityTracker:
+    """Wraps the training batches of a run: before every ``every``-th step it computes Z on a
+    probe batch with the model's current parameters and adds it to a running nan-mean."""
+
+    def __init__(self, model, data: MTLData, every: int = 10, lookahead_lr: float = 0.01,
+                 probe_per_task: int = 16, probe_size: int = 1024, seed: int = 0, device="cpu"):
+        if int(every) < 1 or float(lookahead_lr) <= 0:
+            raise ValueError(f"affinity: every must be >= 1 and lookahead_lr > 0 (got {every}, {lookahead_lr})")
+        self.model, self.data, self.every, self.lr = model, data, int(every), float(lookahead_lr)
+        self.per_task, self.size, self.device = int(probe_per_task), int(probe_size), device
+        self.gen = torch.Generator().manual_seed(seed)
+        T = len(data.tasks)
+        self.sum, self.count, self.steps, self.updates = np.zeros((T, T)), np.zeros((T, T)), 0, 0
+
+    def wrap(self, batches):
+        for b in batches:
+            if self.steps % self.every == 0:
+                self.update()
+            self.steps += 1
+            yield b
+
+    def update(self) -> None:
+        batch = probe_batch(self.data.splits["train"], self.data.task_names, self.gen, self.per_task,
+                            self.size).to(self.device)
+        z = lookahead_affinity(self.model, batch, self.data.tasks, self.lr)
+        ok = np.isfinite(z)
+        self.sum[ok] += z[ok]
+        self.count += ok
+        self.updates += 1
+
+    def result(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan)
+
+
+def tag_affinity(model, balancer, data: MTLData, trainer, seed: int = 0, every: int = 10,
+                 lookahead_lr: float = 0.01, probe_per_task: int = 16, probe_size: int = 1024,
+                 on_epoch=None) -> Tuple[np.ndarray, List[dict]]:
+    """Train ``model`` (a hard-sharing model of all of ``data``'s tasks) with ``trainer`` for
+    ``trainer.epochs`` epochs, recording Z; returns (Z [T, T], per-epoch training losses)."""
+    model.to(trainer.device)
+    balancer.to(trainer.device)
+    opt = trainer.make_optimizer(model, balancer)
+    tracker = AffinityTracker(model, data, every, lookahead_lr, probe_per_task, probe_size, seed, trainer.device)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, trainer.epochs + 1):
+        te = time.perf_counter()
+        batches = data.splits["train"].batches(trainer.batch_size, shuffle=True, generator=gen, drop_last=True)
+        loss = trainer.train_epoch(model, balancer, opt, tracker.wrap(batches), data.tasks)
+        row = {"epoch": epoch, "phase": "affinity", "train_loss": dict(zip(data.task_names, loss.tolist())),
+               "val": {}, "affinity_updates": tracker.updates, "epoch_time_s": round(time.perf_counter() - te, 4)}
+        balancer.epoch_end(row["train_loss"])
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    return tracker.result(), history
+
+
+def grouping_scores(z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(single [T], pair [T, T]) for ``mtlbench.grouping.selection``: pair[i, j] = −Z_{j→i}, single = 0.
+    Pairs never measured (nan) score 0, as a task alone."""
+    z = np.asarray(z, dtype=float)
+    pair = -z.T.copy()
+    pair[~np.isfinite(pair)] = 0.0
+    np.fill_diagonal(pair, np.nan)
+    return np.zeros(len(z)), pair
+
+
+def labelled_subset(data: MTLData, names: Sequence[str]) -> MTLData:
+    """``data`` restricted to ``names``, dropping samples labelled for none of them (label-masked data)."""
+    sub = data.select_tasks(list(names))
+    splits: Dict[str, object] = {}
+    for k, s in sub.splits.items():
+        masks = getattr(s, "masks", None)
+        if masks is None:
+            splits[k] = s
+            continue
+        keep = torch.stack([masks[n] for n in names]).any(0)
+        splits[k] = s.subset(torch.nonzero(keep, as_tuple=False).reshape(-1))
+    sub.splits = splits
+    return sub
+
+
+def group_names(groups: Sequence[tuple], tasks: Sequence[str]) -> List[List[str]]:
+    return [[tasks[i] for i in g] for g in groups]
+
+
+def with_singletons(groups: Sequence[tuple], n: int) -> List[tuple]:
+    out = [tuple(int(i) for i in g) for g in groups]
+    have = {g for g in out}
+    return out + [(i,) for i in range(n) if (i,) not in have]
+
+
+def default_budget(n_tasks: int, max_size: int) -> float:
+    return float(max(1, int(np.ceil(2 * n_tasks / max(2, max_size)))))
+
+
+__all__ = ["lookahead_affinity", "AffinityTracker", "tag_affinity", "grouping_scores", "probe_batch",
+           "labelled_subset", "with_singletons", "default_budget"]

@@ -1,0 +1,1 @@
+"""Helpers for dataset loaders (``datasets/*.py``): dense augmentation, tabular splits."""

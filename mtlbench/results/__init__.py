@@ -1,0 +1,2 @@
+"""The results store and everything read from it: protocol grouping, statistics,
+significance tests, reports, tables, plots."""
