@@ -40,8 +40,8 @@ Parameters (what ``count_params`` reports):
   Once the units mix (any ``α_ij != 0`` for i != j), every task's prediction depends on
   every column and every unit, so all of them are used by more than one task; this is
   what gradient balancers (MGDA-UB...) act on (as LibMTL, whose shared "encoder" for
-  cross-stitch holds all columns and units). ``shared_representation`` stays None: no
-  single tensor is read by all heads.
+  cross-stitch holds all columns and units). There is no shared representation (no
+  single tensor is read by all heads); the last shared layer is the last unit.
 * ``task_parameters(task)``: ALL columns + ALL units + that task's head. A deployment of a
   single task still needs every column (cross-stitch does not factor per task).
 * ``params.total`` = T backbones + units + T heads.
@@ -162,3 +162,11 @@ class CrossStitch(MTLModel):
 
     def task_parameters(self, task):
         return self.shared_parameters() + list(self.heads[task].parameters())
+
+    def last_shared_parameters(self):
+        return [self.units[-1].alpha]
+
+    def parameter_groups(self):
+        return {**{f"backbone:{t}": list(b.parameters()) for t, b in self.backbones.items()},
+                "units": [u.alpha for u in self.unit_modules()],
+                **{f"head:{t}": list(h.parameters()) for t, h in self.heads.items()}}

@@ -25,3 +25,10 @@ class Independent(MTLModel):
 
     def task_parameters(self, task):
         return list(self.backbones[task].parameters()) + list(self.heads[task].parameters())
+
+    def last_shared_parameters(self):
+        return []
+
+    def parameter_groups(self):
+        return {**{f"backbone:{t}": list(b.parameters()) for t, b in self.backbones.items()},
+                **{f"head:{t}": list(h.parameters()) for t, h in self.heads.items()}}

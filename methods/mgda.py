@@ -12,12 +12,14 @@ direction for all tasks, or 0 at a Pareto-stationary point.
 Which gradients g_k (recorded per epoch as ``balancer.mode``):
 
 * ``representation`` (MGDA-UB, the paper's "upper bound"): gradients of L_k w.r.t. the
-  shared representation z = ``model.shared_representation`` (the tensor all heads read,
-  from the current forward pass), flattened over batch and features into one vector per
-  task, as in their code. Only the heads are differentiated: K cheap backward passes.
-* ``parameters`` (plain MGDA): when the architecture exposes no usable representation
-  (cross-stitch, MTAN), gradients w.r.t. ``model.shared_parameters()``; the Gram matrix
-  is accumulated parameter by parameter (no concatenated copy of the gradients).
+  shared representation z = ``ctx.representation`` (the tensor every head depends on, from
+  the current forward pass: hard sharing's backbone output, MTAN's trunk output,
+  AdaShare's shared prefix), flattened over batch and features into one vector per task,
+  as in their code. Only the heads are differentiated: K cheap backward passes.
+* ``parameters`` (plain MGDA): when the architecture has no shared representation
+  (cross-stitch), or with ``mode: parameters``, gradients w.r.t. the shared parameters
+  ``ctx.shared``; the Gram matrix is accumulated parameter by parameter (no concatenated
+  copy of the gradients).
 * ``equal``: no shared representation and no shared parameter (independent networks):
   α_k = 1/K, the simplex centre (the weights still sum to 1).
 
@@ -120,6 +122,9 @@ def min_norm_weights(gram, max_iter: int = 250, tol: float = 1e-10) -> Tuple[np.
     return alpha, float(alpha @ g @ alpha)
 
 
+MODES = ("auto", "representation", "parameters")
+
+
 def _flat(grads: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
     return torch.stack([(torch.zeros_like(like) if gr is None else gr).reshape(-1).float() for gr in grads])
 
@@ -132,15 +137,23 @@ def _grads(loss: torch.Tensor, inputs: List[torch.Tensor]):
 
 @BALANCERS.register("mgda")
 class MGDA(Balancer):
-    """``normalization``: none | l2 | loss | loss+ (see module docstring); ``max_iter`` and
-    ``tol``: the Frank-Wolfe budget and stopping tolerance (K ≥ 3 tasks)."""
+    """``normalization``: none | l2 | loss | loss+ (see module docstring); ``mode``: auto (the
+    representation when the architecture has one, else the shared parameters) |
+    representation | parameters; ``max_iter`` and ``tol``: the Frank-Wolfe budget and
+    stopping tolerance (K ≥ 3 tasks)."""
 
-    distributed = False  # per-task gradients of one rank's shard: refuses torchrun (mtlbench.engine.distributed)
+    distributed = False  # the Gram matrix of one rank's shard: refuses torchrun (mtlbench.engine.distributed)
+    state_fields = ("_modes", "_norm_sum", "_norm_steps", "_epoch_weights")
 
-    def __init__(self, task_names, normalization: str = "none", max_iter: int = 250, tol: float = 1e-10):
+    def __init__(self, task_names, normalization: str = "none", max_iter: int = 250, tol: float = 1e-10,
+                 mode: str = "auto"):
         super().__init__(task_names)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"balancer.normalization must be one of {list(NORMALIZATIONS)} (got {normalization!r})")
+        if mode not in MODES:
+            raise ValueError(f"balancer.mode must be one of {list(MODES)} (got {mode!r})")
+        self.mode = mode
+        self.needs_representation = mode != "parameters"
         self.normalization, self.max_iter, self.tol = normalization, int(max_iter), float(tol)
         k = len(self.task_names)
         self.register_buffer("alpha_sum", torch.zeros(k))
@@ -151,15 +164,18 @@ class MGDA(Balancer):
         self._epoch_weights: Optional[Dict[str, float]] = None
 
     # ----------------------------------------------------------------- gradients
-    def _gram(self, losses: List[torch.Tensor], model) -> Tuple[Optional[torch.Tensor], str]:
+    def _gram(self, losses: List[torch.Tensor], ctx) -> Tuple[Optional[torch.Tensor], str]:
         """The K×K float32 Gram matrix of the task gradients and the mode used."""
-        rep = getattr(model, "shared_representation", None)
-        if isinstance(rep, torch.Tensor) and rep.requires_grad:
+        rep = ctx.representation
+        if self.mode != "parameters" and isinstance(rep, torch.Tensor) and rep.requires_grad:
             grads = [_grads(l, [rep])[0] for l in losses]
             if any(gr is not None for gr in grads):
                 flat = _flat(grads, rep)
                 return flat @ flat.T, "representation"
-        params = [p for p in model.shared_parameters() if p.requires_grad]
+        if self.mode == "representation":
+            raise ValueError("balancer.mode=representation: this architecture gives no shared representation; "
+                             "use balancer.mode=auto or parameters")
+        params = [p for p in ctx.shared if p.requires_grad]
         if params:
             per_task = [_grads(l, params) for l in losses]
             gram, used = None, False
@@ -193,10 +209,10 @@ class MGDA(Balancer):
         return alpha, active, math.sqrt(max(cost, 0.0))
 
     # ----------------------------------------------------------------- interface
-    def backward(self, losses, model):
+    def backward(self, losses, ctx):
         stacked = torch.stack([losses[t] for t in self.task_names])
         k, dev = len(self.task_names), stacked.device
-        gram, mode = self._gram([losses[t] for t in self.task_names], model)
+        gram, mode = self._gram([losses[t] for t in self.task_names], ctx)
         if gram is None:
             alpha = torch.full((k,), 1.0 / k, device=dev)
         else:
@@ -211,7 +227,7 @@ class MGDA(Balancer):
         self.alpha_sum += alpha
         self.steps += 1
         total = (stacked.float() * alpha).sum()
-        self.scaled(total).backward()  # the AMP loss scale (fp16) applies to the final backward only
+        ctx.backward(total)  # the AMP loss scale (fp16) applies to the final backward only
         return total.detach()
 
     def _mean_alpha(self) -> Optional[Dict[str, float]]:

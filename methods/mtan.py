@@ -47,9 +47,10 @@ Feature vectors (residual MLP backbone): the same with linear layers (g = Linear
 Linear -> sigmoid, proj = Linear -> ReLU; no BatchNorm so batches of one sample train).
 
 ``shared_parameters()``: the backbone plus the shared projections (used by every task);
-``task_parameters(t)``: those plus t's masks and head. No single tensor is read by every head,
-so ``shared_representation`` stays None. ``forward_tasks(x, tasks, return_masks=True)`` also
-returns ``{task: [a^1, ..., a^S]}``.
+``task_parameters(t)``: those plus t's masks and head. The shared representation (for
+balancers that use one) is the shared trunk's output f^S, which every task's last mask
+multiplies. ``forward_tasks(x, tasks, return_masks=True)`` also returns
+``{task: [a^1, ..., a^S]}``.
 """
 from __future__ import annotations
 
@@ -235,13 +236,22 @@ class MTAN(MTLModel):
     def forward_tasks(self, x, tasks: Sequence[str], return_masks: bool = False):
         """Predictions for ``tasks`` (their branches only); with ``return_masks`` also
         ``{task: [mask per stage]}`` (each in (0, 1), shaped like the stage's features)."""
+        preds, _, all_masks = self._forward(x, tasks)
+        return (preds, all_masks) if return_masks else preds
+
+    def forward_representation(self, x, tasks: Sequence[str]):
+        """Predictions and the shared trunk's output (the last stage's features f^S)."""
+        preds, taps, _ = self._forward(x, tasks)
+        return preds, taps[-1][1]
+
+    def _forward(self, x, tasks):
         taps = self.shared_features(x)
         preds: Dict[str, torch.Tensor] = {}
         all_masks: Dict[str, List[torch.Tensor]] = {}
         for t in tasks:
             p, all_masks[t] = self._branch(t, taps)
             preds[t] = self.heads[t](p)
-        return (preds, all_masks) if return_masks else preds
+        return preds, taps, all_masks
 
     # ------------------------------------------------------------------ parameters
     def _projection_parameters(self, task: Optional[str]) -> List[nn.Parameter]:
@@ -255,3 +265,17 @@ class MTAN(MTLModel):
     def task_parameters(self, task):
         return (list(self.backbone.parameters()) + self._projection_parameters(task)
                 + list(self.attention[task].parameters()) + list(self.heads[task].parameters()))
+
+    def last_shared_parameters(self):
+        return list(self.backbone.blocks[-1].parameters())
+
+    def parameter_groups(self):
+        groups = {"backbone": list(self.backbone.parameters())}
+        if self.share_projections:
+            groups["projections"] = list(self.projections.parameters())
+        for t in self.task_names:
+            if not self.share_projections:
+                groups[f"projections:{t}"] = list(self.projections[t].parameters())
+            groups[f"attention:{t}"] = list(self.attention[t].parameters())
+            groups[f"head:{t}"] = list(self.heads[t].parameters())
+        return {k: v for k, v in groups.items() if v}

@@ -20,39 +20,14 @@ assignment and the time of each phase.
 from __future__ import annotations
 
 import time
-from typing import Dict
 
 import numpy as np
 import torch
-from torch import nn
 
-from mtlbench.grouping.affinity import default_budget, grouping_scores, labelled_subset, tag_affinity, with_singletons
-from mtlbench.core.model import MTLModel
-from mtlbench.core.procedure import Procedure, ProcedureResult
+from mtlbench.core.procedure import FitResult, Procedure, ProcedureResult
 from mtlbench.core.registry import PROCEDURES
-from mtlbench.engine.trainer import FitResult
-
-
-class GroupedModel(MTLModel):
-    """Several group networks; task t is predicted by the network ``assignment[t]``."""
-
-    def __init__(self, tasks, networks: Dict[str, MTLModel], assignment: Dict[str, str]):
-        super().__init__(tasks)
-        self.nets = nn.ModuleDict({k.replace(".", "_"): m for k, m in networks.items()})
-        self.key = {t: assignment[t].replace(".", "_") for t in self.task_names}
-
-    def forward_tasks(self, x, tasks):
-        out = {}
-        for key in dict.fromkeys(self.key[t] for t in tasks):
-            mine = [t for t in tasks if self.key[t] == key]
-            out.update(self.nets[key].forward_tasks(x, mine))
-        return out
-
-    def shared_parameters(self):
-        return []
-
-    def task_parameters(self, task):
-        return self.nets[self.key[task]].task_parameters(task)
+from mtlbench.grouping.affinity import default_budget, grouping_scores, labelled_subset, tag_affinity, with_singletons
+from mtlbench.grouping.networks import GroupedNetworks
 
 
 @PROCEDURES.register("tag_grouping")
@@ -73,8 +48,8 @@ class TagGrouping(Procedure):
         t0 = time.perf_counter()
         torch.manual_seed(ctx.seed)
         model = ctx.build_model(data.tasks, arch=hs)
-        z, _ = tag_affinity(model, ctx.build_balancer(names), data, trainer, ctx.seed, self.every, self.lr,
-                            self.per_task, self.probe_size, on_epoch=ctx.log_epoch)
+        z = tag_affinity(model, ctx.build_balancer(names), data, trainer, ctx.seed, self.every, self.lr,
+                         self.per_task, self.probe_size, on_epoch=ctx.log_epoch)
         t_aff = time.perf_counter() - t0
         single, pair = grouping_scores(z)
         groups = with_singletons(candidate_groups(pair, max_size=min(self.max_size, T),
@@ -87,22 +62,23 @@ class TagGrouping(Procedure):
 
             need = float(min_cover_cost(table))
             if need > budget:
-                print(f"[mtlbench] tag_grouping: default budget {budget:g} cannot cover all {T} tasks with these "
-                      f"candidates; using the cheapest cover, {need:g} (set procedure.budget to choose)", flush=True)
+                ctx.say(f"tag_grouping: default budget {budget:g} cannot cover all {T} tasks with these "
+                        f"candidates; using the cheapest cover, {need:g} (set procedure.budget to choose)")
                 budget = need
         sel = select(table, budget, method=self.select_method)
         t_sel = time.perf_counter() - t0 - t_aff
         members = {net: [names[i] for i in g] for net, g in zip(table.networks, groups)}
         nets, rows = {}, {}
-        for net in sel.networks:
+        for k, net in enumerate(sel.networks):
             tasks = members[net]
+            ctx.say(f"tag_grouping: group {k + 1}/{len(sel.networks)} ({net})")
             sub = labelled_subset(data, tasks)
             torch.manual_seed(ctx.seed)
             m = ctx.build_model(sub.tasks, arch=hs)
-            fit = ctx.make_trainer().fit(m, ctx.build_balancer(tasks), sub, seed=ctx.seed,  # one trainer per fit
-                              on_epoch=lambda r, net=net: ctx.log_epoch({**r, "phase": f"group {net}"}))
+            fit = ctx.make_trainer().fit(m, ctx.build_balancer(tasks), sub, seed=ctx.seed, slot=f"group-{k}",
+                                         on_epoch=lambda r, net=net: ctx.log_epoch({**r, "phase": f"group {net}"}))
             nets[net], rows[net] = m, fit.history[-1]
-        grouped = GroupedModel(data.tasks, nets, sel.assignment).to(trainer.device)
+        grouped = GroupedNetworks(data.tasks, nets, sel.assignment).to(trainer.device)
         val, val_loss = trainer.evaluate(grouped, data.splits["val"], data.tasks)
         test, test_loss = trainer.evaluate(grouped, data.splits["test"], data.tasks)
         last = {"epoch": trainer.epochs, "train_loss": {t: rows[sel.assignment[t]]["train_loss"][t] for t in names}}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from mtlbench.core.balancer import BalancerContext
 from mtlbench.core.model import MTLModel
 from mtlbench.core.registry import BALANCERS
 from mtlbench.results.store import iter_runs
@@ -152,25 +153,29 @@ class Toy(MTLModel):
 
     def __init__(self, tasks=("a", "b"), expose_rep=True, shared=True):
         nn.Module.__init__(self)
-        self.task_names, self.shared_representation = list(tasks), None
+        self.task_names = list(tasks)
         self.expose_rep, self.shared = expose_rep, shared
         self.trunk = nn.Linear(3, 4) if shared else nn.ModuleDict({t: nn.Linear(3, 4) for t in tasks})
         self.heads = nn.ModuleDict({t: nn.Linear(4, 1) for t in tasks})
 
-    def forward_tasks(self, x, tasks):
+    def forward_representation(self, x, tasks):
         if not self.shared:
-            return {t: self.heads[t](self.trunk[t](x)).squeeze(1) for t in tasks}
+            return {t: self.heads[t](self.trunk[t](x)).squeeze(1) for t in tasks}, None
         z = self.trunk(x)
-        self.shared_representation = z if self.expose_rep else None
-        return {t: self.heads[t](z).squeeze(1) for t in tasks}
+        return {t: self.heads[t](z).squeeze(1) for t in tasks}, (z if self.expose_rep else None)
 
     def shared_parameters(self):
         return list(self.trunk.parameters()) if self.shared else []
 
+    def task_parameters(self, task):
+        return self.shared_parameters() + list(self.heads[task].parameters())
+
 
 def toy_losses(model, x, y, masks=None):
-    preds = model(x)
-    return {t: masked_mean((preds[t] - y[t]) ** 2, None if masks is None else masks[t]) for t in preds}
+    """(losses, a balancer context whose representation is this forward's)."""
+    preds, rep = model(x, representation=True)
+    ctx = BalancerContext(model.task_names, shared=model.shared_parameters(), representation=rep)
+    return {t: masked_mean((preds[t] - y[t]) ** 2, None if masks is None else masks[t]) for t in preds}, ctx
 
 
 def grads_of(model):
@@ -182,17 +187,17 @@ def test_mgda_backward_is_the_alpha_weighted_gradient(expose_rep, mode):
     torch.manual_seed(0)
     model, b = Toy(expose_rep=expose_rep), MGDA(["a", "b"])
     x, y = torch.randn(8, 3), {"a": torch.randn(8), "b": torch.randn(8)}
-    losses = toy_losses(model, x, y)
+    losses, ctx = toy_losses(model, x, y)
     # the per-task gradients the solver should see, computed independently
-    ref = model.shared_representation if expose_rep else model.shared_parameters()
+    ref = [ctx.representation] if expose_rep else model.shared_parameters()
     g = [torch.cat([t.reshape(-1) for t in torch.autograd.grad(losses[n], ref, retain_graph=True)]) for n in "ab"]
     gram = torch.stack(g) @ torch.stack(g).T
     expected, _ = min_norm_weights(gram.double().numpy())
-    total = b.backward(losses, model)
+    total = b.backward(losses, ctx)
     assert not total.requires_grad
     got = grads_of(model)
     model.zero_grad()
-    losses = toy_losses(model, x, y)
+    losses, _ = toy_losses(model, x, y)
     (expected[0] * losses["a"] + expected[1] * losses["b"]).backward()
     for p, q in zip(got, grads_of(model)):
         torch.testing.assert_close(p, q)
@@ -208,16 +213,16 @@ def test_mgda_absent_task_and_fallbacks():
     model, b = Toy("abc"), MGDA(["a", "b", "c"], normalization="loss+")
     for _ in range(2):
         model.zero_grad()
-        losses = toy_losses(model, x, y, masks)
+        losses, ctx = toy_losses(model, x, y, masks)
         assert float(losses["b"].detach()) == 0.0
-        b.backward(losses, model)
+        b.backward(losses, ctx)
     state = b.epoch_end({})
     w = b.weights()
     assert w["b"] == 0.0 and w["a"] + w["c"] == pytest.approx(1.0)
     assert state["excluded"] == {"a": 0, "b": 2, "c": 0} and state["steps"] == 2
     # independent networks: no shared tensor at all -> equal weights 1/K
     model, b = Toy(shared=False), MGDA(["a", "b"])
-    b.backward(toy_losses(model, x, y), model)
+    b.backward(*toy_losses(model, x, y))
     assert b.epoch_end({})["mode"] == "equal" and b.weights() == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match="normalization"):
         MGDA(["a"], normalization="max")
@@ -233,21 +238,19 @@ def test_mgda_normalization_and_autocast():
             return [self.z]
 
     model = Rep()
-    model.shared_representation = model.z * 1.0
     for norm, alpha in (("none", [0.8, 0.2]), ("l2", [0.5, 0.5])):
         b = MGDA(["a", "b"], normalization=norm)
-        z = model.shared_representation
-        b.backward({"a": z[0], "b": 2 * z[1]}, model)
+        z = model.z * 1.0
+        b.backward({"a": z[0], "b": 2 * z[1]}, BalancerContext(["a", "b"], shared=[model.z], representation=z))
         assert list(b.weights().values()) == pytest.approx(alpha)
-        model.shared_representation = model.z * 1.0
     # bfloat16 autocast on the CPU: the solver still sees float32 gradients
     torch.manual_seed(0)
     toy, b = Toy(), MGDA(["a", "b"])
     x, y = torch.randn(8, 3), {"a": torch.randn(8), "b": torch.randn(8)}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = toy_losses(toy, x, y)
-        assert toy.shared_representation.dtype == torch.bfloat16
-        total = b.backward(losses, toy)
+        losses, ctx = toy_losses(toy, x, y)
+        assert ctx.representation.dtype == torch.bfloat16
+        total = b.backward(losses, ctx)
     assert math.isfinite(float(total)) and sum(b.weights().values()) == pytest.approx(1.0, abs=1e-6)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in toy.parameters())
 

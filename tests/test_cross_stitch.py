@@ -107,14 +107,15 @@ def hand_count(model, unit: str, stem_unit: bool = False) -> int:
 
 @pytest.mark.parametrize("unit,stem_unit", [("channel", False), ("channel", True), ("task", False)])
 def test_param_count(unit, stem_unit):
-    model, _, _ = build("small_cnn", unit=unit, stem_unit=stem_unit)
+    model, shape, _ = build("small_cnn", unit=unit, stem_unit=stem_unit)
     counts = count_params(model)
     assert counts["total"] == hand_count(model, unit, stem_unit) == n(model.parameters())
     head = n(model.heads["left"].parameters())
     # a deployment of one task needs every column and every unit, plus its own head
     assert counts["per_task"]["left"] == counts["total"] - n(model.heads["right"].parameters())
     assert counts["per_task"]["left"] == n(model.shared_parameters()) + head
-    assert model.shared_representation is None
+    assert model(torch.randn(2, *shape), representation=True)[1] is None  # no single shared tensor
+    assert model.last_shared_parameters() == [model.units[-1].alpha]
 
 
 def test_cli_run_records_param_count(run_cli, results_dir):

@@ -47,7 +47,7 @@ CASES = {
 def test_shapes_masks_and_gradients(case):
     cfg, shape, tasks_fn, groups = CASES[case]
     model = build(cfg, shape, tasks_fn())
-    assert model.stages == groups and model.shared_representation is None
+    assert model.stages == groups
     x = torch.randn(2, *shape)
     model.eval()  # the shared pass must reproduce the backbone's own forward exactly
     with torch.no_grad():

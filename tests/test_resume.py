@@ -31,7 +31,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_metrics(tmp_path, data_ro
     deadline, meta = time.time() + 120, None
     try:
         while time.time() < deadline and proc.poll() is None:
-            metas = list(killed.glob("*/*/*/checkpoints/fit1.json"))
+            metas = list(killed.glob("*/*/*/checkpoints/fit.json"))
             if metas:
                 try:
                     m = json.loads(metas[0].read_text())
@@ -79,7 +79,7 @@ def test_resume_false_starts_afresh(results_dir, run_cli, monkeypatch):
         run_cli(*BUDGET)
     folder, rec = only_run(results_dir)
     assert rec["status"] == "failed" and rec["reason"] == "interrupted"
-    assert (folder / "checkpoints" / "fit1.pt").is_file()
+    assert (folder / "checkpoints" / "fit.pt").is_file()
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
     assert run_cli(*BUDGET, "resume=false") == 0
     _, rec = only_run(results_dir)
@@ -105,7 +105,7 @@ def test_nan_loss_fails_with_task_and_step_and_keeps_checkpoint(results_dir, run
     assert len(err) == 1 and "right" in err[0] and "step 5" in err[0] and "epoch 2" in err[0]
     folder, rec = only_run(results_dir)
     assert rec["status"] == "failed" and "non-finite" in rec["reason"] and "right" in rec["reason"]
-    meta = json.loads((folder / "checkpoints" / "fit1.json").read_text())
+    meta = json.loads((folder / "checkpoints" / "fit.json").read_text())
     assert meta["epoch"] == 1 and meta["step"] == 0  # the last good checkpoint (end of epoch 1)
     # a report over this store says the failed run was left out
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
@@ -132,7 +132,7 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(results_dir, run_cli, mo
         run_cli(*BUDGET)
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
     folder, _ = only_run(results_dir)
-    ckpt = folder / "checkpoints" / "fit1.pt"
+    ckpt = folder / "checkpoints" / "fit.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
     assert run_cli(*BUDGET) == 2
     err = capsys.readouterr().err.strip().splitlines()

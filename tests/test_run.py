@@ -270,12 +270,12 @@ def test_trainer_step_with_an_unlabelled_task_in_the_batch():
                                       data.tasks)
     balancer = BALANCERS.get("equal")(data.task_names)
     trainer = Trainer(epochs=1, batch_size=4, device="cpu", progress=False)
-    optimizer = trainer.make_optimizer(model, balancer)
+    session = trainer.prepare(model, balancer, data.tasks)
     head_b = [p.detach().clone() for p in model.heads["b"].parameters()]
     first = next(data.splits["train"].batches(4))  # b has no label here
 
-    mean_loss = trainer.train_epoch(model, balancer, optimizer, [first], data.tasks)
-    a_loss, b_loss = mean_loss.tolist()
+    mean_loss = trainer.train_pass(session, [first])
+    a_loss, b_loss = mean_loss["a"], mean_loss["b"]
     assert b_loss == 0.0 and a_loss > 0
     # the unlabelled task's head got an all-zero gradient and did not move
     for p, before in zip(model.heads["b"].parameters(), head_b):

@@ -38,14 +38,14 @@ the block parameters used by at least two tasks.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mtlbench.backbones.base import ResidualBlock
-from mtlbench.core.model import MTLModel, make_heads
+from mtlbench.core.model import MTLModel, make_heads, unique
 from mtlbench.core.registry import ARCHS
 
 MODES = ("shared", "search", "fixed")
@@ -58,15 +58,6 @@ def _fused(block) -> bool:
     """The block's forward is ResidualBlock's relu(body(x) + shortcut(x)): body and shortcut
     can then be computed once and reused for the mix."""
     return isinstance(block, ResidualBlock) and type(block).forward is ResidualBlock.forward
-
-
-def _unique(params: Iterable[nn.Parameter]) -> List[nn.Parameter]:
-    seen, out = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
 
 
 @ARCHS.register("adashare")
@@ -150,12 +141,13 @@ class AdaShare(MTLModel):
         return u
 
     # ------------------------------------------------------------------ forward
-    def forward_tasks(self, x, tasks: Sequence[str]) -> Dict[str, torch.Tensor]:
-        self.shared_representation = None
+    def forward_representation(self, x, tasks: Sequence[str]):
+        """Predictions and the shared representation: the deepest features every requested
+        task's path reads (the backbone output in shared mode; the output of the blocks
+        before the curriculum while searching; the end of the common prefix of a fixed policy)."""
         if self.mode == "shared":
             feats = self.backbone(x)
-            self.shared_representation = feats
-            return {t: self.heads[t](feats) for t in tasks}
+            return {t: self.heads[t](feats) for t in tasks}, feats
         if self.mode == "search" and self.training:
             return self._forward_soft(x, tasks)
         policy = self.policy if self.mode == "fixed" else self.argmax_policy()
@@ -179,11 +171,12 @@ class AdaShare(MTLModel):
                     f, s = block(ht, st), block.shortcut(ht)
                 ht = s + u[l] * (f - s)
             out[t] = self.heads[t](ht)
-        return out
+        return out, h
 
     def _forward_tree(self, x, tasks, policy: torch.Tensor):
         rows = policy.tolist()
         groups = [(list(tasks), self.backbone.stem(x), {})]
+        shared = groups[0][1]
         for l, block in enumerate(self.backbone.blocks):
             nxt = []
             for names, h, st in groups:
@@ -194,13 +187,13 @@ class AdaShare(MTLModel):
                 if sk:
                     nxt.append((sk, block.shortcut(h), st))
             groups = nxt
+            if len(groups) == 1:
+                shared = groups[0][1]
         out = {}
         for names, h, _ in groups:
-            if len(groups) == 1 and set(names) == set(self.task_names):
-                self.shared_representation = h
             for t in names:
                 out[t] = self.heads[t](h)
-        return {t: out[t] for t in tasks}
+        return {t: out[t] for t in tasks}, shared
 
     # ------------------------------------------------------------------ parameters
     def block_parameters(self, l: int, execute: bool) -> List[nn.Parameter]:
@@ -222,7 +215,7 @@ class AdaShare(MTLModel):
         params = list(self.backbone.stem.parameters())
         for l, ex in enumerate(row):
             params += self.block_parameters(l, ex)
-        return _unique(params + head)
+        return unique(params + head)
 
     def shared_parameters(self) -> List[nn.Parameter]:
         if self.mode != "fixed":
@@ -237,7 +230,19 @@ class AdaShare(MTLModel):
                     by_id[id(p)] = p
         return list(self.backbone.stem.parameters()) + [by_id[i] for i, n in uses.items() if n >= 2]
 
+    def last_shared_parameters(self) -> List[nn.Parameter]:
+        shared = {id(p) for p in self.shared_parameters()}
+        for block in reversed(self.backbone.blocks):
+            own = [p for p in block.parameters() if id(p) in shared]
+            if own:
+                return own
+        return [p for p in self.backbone.stem.parameters()]
+
+    def parameter_groups(self) -> Dict[str, List[nn.Parameter]]:
+        return {"backbone": list(self.backbone.parameters()), "policy": [self.policy_logits],
+                **{f"head:{t}": list(h.parameters()) for t, h in self.heads.items()}}
+
     def deployed_parameters(self) -> List[nn.Parameter]:
         """Union of every task's deployed parameters (fixed mode): stem + blocks executed by
         at least one task + shortcut projections of skipped blocks + heads."""
-        return _unique(p for t in self.task_names for p in self.task_parameters(t))
+        return unique(p for t in self.task_names for p in self.task_parameters(t))

@@ -53,65 +53,23 @@ task's path alone, hard_sharing = the same for every block executed.
 from __future__ import annotations
 
 import copy
-import itertools
-import math
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
 
 from mtlbench.core.data import MTLData
-from mtlbench.core.procedure import Procedure, ProcedureResult, RunContext
+from mtlbench.core.procedure import FitResult, Procedure, ProcedureResult, RunContext
 from mtlbench.core.registry import PROCEDURES
-from mtlbench.engine.trainer import FitResult, TrainingError
 
-from mtlbench.methods.adashare.arch import SKIP, AdaShare
+from mtlbench.methods.adashare.arch import AdaShare
 from mtlbench.methods.adashare.outputs import costs, draw_heatmap
+from mtlbench.methods.adashare.search import relative_score
+from mtlbench.methods.adashare.search import search as run_search
 
 DIRECTIONS = ("paper", "reference")
 RETRAIN_POLICIES = ("argmax", "sample")
 SCORES = ("metrics", "loss")
-
-
-def sparsity_loss(logits: torch.Tensor, start: int) -> torch.Tensor:
-    """Σ_t mean_{l >= start} −log softmax(logits[t, l])[skip]."""
-    return -F.log_softmax(logits[:, start:], dim=-1)[..., SKIP].mean(dim=1).sum()
-
-
-def sharing_weights(num_blocks: int, direction: str = "paper") -> torch.Tensor:
-    l = torch.arange(num_blocks, dtype=torch.float32)
-    return (num_blocks - l) / num_blocks if direction == "paper" else (l + 1) / num_blocks
-
-
-def sharing_loss(logits: torch.Tensor, start: int, weights: torch.Tensor) -> torch.Tensor:
-    """Σ_{i<j} Σ_{l >= start} w_l |z_i,l − z_j,l| with z the execute log-odds."""
-    z = logits[..., 0] - logits[..., 1]
-    T = z.shape[0]
-    if T < 2:
-        return z.sum() * 0.0
-    i, j = torch.triu_indices(T, T, offset=1)
-    diff = (z[i, start:] - z[j, start:]).abs()
-    return (diff * weights[start:].to(z)).sum()
-
-
-def relative_score(val: dict, val_loss: dict, ref: dict, ref_loss: dict, tasks, use: str = "metrics") -> float:
-    """Mean over tasks of the signed relative change vs ``ref`` (positive = better)."""
-    terms = []
-    for t in tasks:
-        hib, per = t.higher_is_better, []
-        if use == "metrics":
-            for m, v in val.get(t.name, {}).items():
-                r = ref.get(t.name, {}).get(m)
-                if r is not None and math.isfinite(r) and math.isfinite(v) and r != 0:
-                    per.append((1 if hib.get(m, True) else -1) * (v - r) / abs(r))
-        if not per:
-            v, r = val_loss.get(t.name, math.nan), ref_loss.get(t.name, math.nan)
-            per = [-(v - r) / abs(r)] if math.isfinite(v) and math.isfinite(r) and r != 0 else []
-        if per:
-            terms.append(sum(per) / len(per))
-    return sum(terms) / len(terms) if terms else -math.inf
 
 
 def _fraction(name, value) -> float:
@@ -126,6 +84,10 @@ def _fraction(name, value) -> float:
 
 @PROCEDURES.register("adashare")
 class AdaShareProcedure(Procedure):
+    # the search toggles which parameters train between the weight and the policy pass,
+    # which DDP (its gradient hooks are fixed at wrapping) cannot follow
+    distributed = False
+
     def __init__(self, warmup: float = 0.2, search: float = 0.8, retrain: float = 1.0,
                  policy_fraction: float = 0.5, weight_steps: Optional[int] = None,
                  policy_steps: Optional[int] = None, curriculum: bool = True, curriculum_speed: int = 1,
@@ -189,7 +151,7 @@ class AdaShareProcedure(Procedure):
         t0 = time.perf_counter()
         model.set_mode("shared")
         if n_warm:
-            wfit = ctx.make_trainer(epochs=n_warm).fit(model, balancer, val_only, seed=ctx.seed,
+            wfit = ctx.make_trainer(epochs=n_warm).fit(model, balancer, val_only, seed=ctx.seed, slot="warmup",
                                                        on_epoch=self._logger(ctx, "warmup"))
             ref, ref_loss = wfit.val, wfit.val_losses
         else:
@@ -199,7 +161,8 @@ class AdaShareProcedure(Procedure):
 
         # 2. search + selection on val
         t0 = time.perf_counter()
-        search = self._search(ctx, trainer, model, balancer, n_cycles, ref, ref_loss)
+        search = run_search(self, ctx, trainer, model, balancer, n_cycles, ref, ref_loss,
+                            self._logger(ctx, "search"))
         phases.append({"phase": "search", "cycles": n_cycles, "wall_time_s": round(time.perf_counter() - t0, 3),
                        **search.pop("phase_info")})
         trained_params = sum(p.numel() for p in model.parameters())
@@ -219,7 +182,7 @@ class AdaShareProcedure(Procedure):
             m.load_state_dict(init_state)
             m.set_policy(policy)
             b = ctx.build_balancer(data.task_names)
-            fit = ctx.make_trainer(epochs=n_retrain).fit(m, b, val_only, seed=ctx.seed,
+            fit = ctx.make_trainer(epochs=n_retrain).fit(m, b, val_only, seed=ctx.seed, slot=f"retrain-{i}",
                                                          on_epoch=self._logger(ctx, "retrain", candidate=i))
             score = relative_score(fit.val, fit.val_losses, ref, ref_loss, tasks, self.selection_score)
             retrained.append({"candidate": i, "policy": policy.int().tolist(), "val_score": score})
@@ -261,122 +224,3 @@ class AdaShareProcedure(Procedure):
     @staticmethod
     def _logger(ctx: RunContext, phase: str, **extra):
         return lambda row: ctx.log_epoch({"phase": phase, **extra, **row})
-
-    # ------------------------------------------------------------------ search
-    def _split_train(self, train, seed: int):
-        n = len(train)
-        n_policy = int(round(n * self.policy_fraction))
-        if n_policy < 1 or n - n_policy < 1:
-            raise ValueError(f"adashare: the train split ({n} samples) is too small to split into weight and "
-                             f"policy parts (policy_fraction={self.policy_fraction}); raise dataset.limit")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-        return train.subset(perm[n_policy:]), train.subset(perm[:n_policy])
-
-    def _batches(self, trainer, split, gen, steps: Optional[int]):
-        it = split.batches(trainer.batch_size, shuffle=True, generator=gen, drop_last=True)
-        cap = min(steps or math.inf, trainer.max_steps)
-        return itertools.islice(it, int(cap)) if math.isfinite(cap) else it
-
-    def _search(self, ctx, trainer, model: AdaShare, balancer, n_cycles: int, ref, ref_loss) -> dict:
-        data, tasks = ctx.data, ctx.data.tasks
-        device = trainer.device
-        model.to(device)
-        balancer.to(device)
-        weight_part, policy_part = self._split_train(data.splits["train"], ctx.seed)
-        gen = torch.Generator().manual_seed(int(ctx.seed) + 1)
-        L = model.num_blocks
-        sw = sharing_weights(L, self.sharing_direction).to(device)
-        logits = model.policy_logits
-        weights = [p for p in list(model.parameters()) + list(balancer.parameters()) if p is not logits]
-
-        def trainable(w: bool):
-            for p in weights:
-                p.requires_grad_(w)
-            logits.requires_grad_(not w)
-
-        trainable(True)
-        if self.search_optimizer:
-            opt_w = instantiate(self.search_optimizer)([p for p in weights if p.requires_grad])
-        else:
-            opt_w = trainer.make_optimizer(model, balancer)
-        opt_p = torch.optim.Adam([logits], lr=self.policy_lr, weight_decay=self.policy_weight_decay)
-        model.set_mode("search")
-        tau, best, evaluated = self.init_temperature, None, []
-        first_eligible = L * self.curriculum_speed + 1
-        try:
-            for c in range(1, n_cycles + 1):
-                te = time.perf_counter()
-                k = min(L, (c - 1) // self.curriculum_speed + 1) if self.curriculum else L
-                model.num_train_blocks, model.temperature = k, tau
-                trainable(True)
-                model.set_mode("search")
-                tl = trainer.train_epoch(model, balancer, opt_w,
-                                         self._batches(trainer, weight_part, gen, self.weight_steps), tasks)
-                train_loss = dict(zip(data.task_names, tl.tolist()))
-                bad = [t for t, v in train_loss.items() if not math.isfinite(v)]
-                if bad:
-                    raise TrainingError(f"non-finite training loss for task(s) {bad} in search cycle {c}; "
-                                        f"lower trainer.optimizer.lr or set trainer.grad_clip")
-                row = {"phase": "search", "epoch": c, "cycle": c, "curriculum_blocks": k,
-                       "temperature": tau, "train_loss": train_loss, "val": {}}
-                if c >= first_eligible or c == n_cycles:
-                    policy = model.argmax_policy()
-                    model.set_policy(policy)
-                    val, val_loss = trainer.evaluate(model, data.splits["val"], tasks)
-                    score = relative_score(val, val_loss, ref, ref_loss, tasks, self.selection_score)
-                    row.update(val=val, val_loss=val_loss, val_score=score, policy=policy.int().tolist())
-                    evaluated.append({"cycle": c, "val_score": score})
-                    if best is None or score > best["score"]:
-                        best = {"score": score, "cycle": c, "logits": logits.detach().clone(),
-                                "num_train_blocks": k, "probs": model.execute_probs().tolist()}
-                    model.set_mode("search")
-                trainable(False)
-                row["policy_loss"] = self.policy_pass(trainer, model, balancer, opt_p,
-                                                       self._batches(trainer, policy_part, gen, self.policy_steps),
-                                                       tasks, sw)
-                row["execute_prob"] = [[round(v, 4) for v in r] for r in model.execute_probs().tolist()]
-                row["epoch_time_s"] = round(time.perf_counter() - te, 4)
-                tau *= self.temperature_decay
-                ctx.log_epoch(row)
-        finally:
-            for p in weights:
-                p.requires_grad_(True)
-            logits.requires_grad_(True)
-        best["evaluated"] = evaluated
-        best["phase_info"] = {"final_temperature": tau, "first_selection_cycle": min(first_eligible, n_cycles),
-                              "weight_samples": len(weight_part), "policy_samples": len(policy_part)}
-        return best
-
-    def policy_pass(self, trainer, model: AdaShare, balancer, opt, batches, tasks, sw) -> Dict[str, float]:
-        model.train()
-        logits = model.policy_logits
-        start = model.frozen_blocks()
-        lam = balancer.weights() or {}
-        lam_t = torch.tensor([float(lam.get(t.name, 1.0)) for t in tasks], device=trainer.device)
-        total, steps = None, 0
-        for batch in batches:
-            batch = batch.to(trainer.device)
-            preds = model(batch.x)
-            masks = batch.masks
-            losses = torch.stack([t.loss(preds[t.name], batch.targets[t.name],
-                                         None if masks is None else masks[t.name]) for t in tasks])
-            task_loss = (losses * lam_t).sum()
-            sp, sh = sparsity_loss(logits, start), sharing_loss(logits, start, sw)
-            loss = task_loss + self.sparsity_weight * sp + self.sharing_weight * sh
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if start:  # the curriculum: blocks before it keep their logits exactly
-                logits.grad[:, :start] = 0
-                kept = logits.detach()[:, :start].clone()
-                opt.step()
-                with torch.no_grad():
-                    logits[:, :start] = kept
-            else:
-                opt.step()
-            parts = torch.stack([task_loss, sp, sh]).detach()
-            total = parts if total is None else total + parts
-            steps += 1
-        if total is None:
-            raise TrainingError("adashare: the policy part of the train split yielded no batch; "
-                                "check dataset.limit and trainer.batch_size")
-        return dict(zip(("task", "sparsity", "sharing"), (total / steps).tolist()))

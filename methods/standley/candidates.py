@@ -5,7 +5,8 @@ config hash and is reused by any later search with the same protocol.
 
 Derivation (``candidate_config``): the main config without its ``grouping`` and ``preset``
 nodes; ``dataset.tasks`` = the group; ``arch`` = the candidate arch's config node
-(``conf/arch/<name>.yaml``); ``procedure: single``; ``role: candidate``; ``force: false``
+(``ctx.config_node("arch", name)``: composed by Hydra, plugin configs included);
+``procedure: single``; ``role: candidate``; ``force: false``
 (a forced main run still reuses its candidates); half-width singles halve
 ``backbone.width``; early-stopping candidates (ESA) train ``round(epochs * fraction)``
 epochs (at least 1) -- a different config, hence a different cache entry.
@@ -14,31 +15,16 @@ from __future__ import annotations
 
 import copy
 import time
-from importlib import resources
-from typing import Callable, List, Optional, Sequence
-
-from omegaconf import OmegaConf
-
-from mtlbench.engine.run import execute, method_name
-from mtlbench.results.store import RunFolder, config_hash
+from typing import List, Optional, Sequence
 
 
-def arch_node(name: str) -> dict:
-    path = resources.files("mtlbench.conf") / "arch" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.name[:-5] for p in (resources.files("mtlbench.conf") / "arch").iterdir()
-                       if p.name.endswith(".yaml"))
-        raise ValueError(f"grouping.arch '{name}' is not an architecture config; known: {', '.join(known)}")
-    return OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)
-
-
-def candidate_config(cfg: dict, group: Sequence[str], arch: str, half: bool = False,
+def candidate_config(cfg: dict, group: Sequence[str], arch: dict, half: bool = False,
                      epoch_fraction: Optional[float] = None) -> dict:
     c = copy.deepcopy(cfg)
     for key in ("grouping", "preset"):
         c.pop(key, None)
     c["dataset"]["tasks"] = list(group)
-    c["arch"] = arch_node(arch)
+    c["arch"] = copy.deepcopy(arch)
     c["procedure"] = {"name": "single"}
     c["role"] = "candidate"
     c["force"] = False
@@ -53,16 +39,17 @@ def candidate_config(cfg: dict, group: Sequence[str], arch: str, half: bool = Fa
     return c
 
 
-def is_cached(c: dict) -> bool:
-    folder = RunFolder(c["results_dir"], c["dataset"]["name"], method_name(c), f"s{int(c['seed'])}-{config_hash(c)}")
-    return folder.is_completed()
-
-
 class CandidatePool:
-    """Runs (or reuses) candidate networks; remembers every record it returned."""
+    """Runs (or reuses) candidate networks as child runs of ``ctx`` (``ctx.run_child``);
+    remembers every record it returned."""
 
-    def __init__(self, cfg: dict, arch: str, say: Callable[[str], None] = print):
-        self.cfg, self.arch, self.say = cfg, arch, say
+    def __init__(self, ctx, arch: str):
+        try:
+            self.arch = ctx.config_node("arch", arch)
+        except ValueError as exc:
+            raise ValueError(f"grouping.arch: {exc}") from None
+        self.ctx, self.cfg = ctx, ctx.cfg
+        self.say = lambda msg: ctx.say(f"standley: {msg}")
         self.trained: List[str] = []
         self.reused: List[str] = []
         self.train_time_s = 0.0
@@ -71,9 +58,8 @@ class CandidatePool:
         c = candidate_config(self.cfg, group, self.arch, half=half, epoch_fraction=epoch_fraction)
         name = network_name(group, half)
         label = name + (f" (ESA, {c['trainer']['epochs']} epochs)" if epoch_fraction is not None else "")
-        cached = is_cached(c)
         t0 = time.perf_counter()
-        rec = execute(OmegaConf.create(c), quiet=True)
+        rec, cached = self.ctx.run_child(c)
         if rec.get("status") != "completed":
             raise RuntimeError(f"candidate {label} did not complete: {rec.get('reason')}")
         (self.reused if cached else self.trained).append(label)

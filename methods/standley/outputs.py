@@ -13,42 +13,15 @@ from pathlib import Path
 from typing import Dict, List
 
 import pandas as pd
-from torch import nn
-
-from mtlbench.core.model import MTLModel
+from mtlbench.grouping.networks import GroupedNetworks
 from mtlbench.results.store import atomic_write_json, atomic_write_text
-
-from mtlbench.methods.standley.candidates import arch_node
-
-
-class GroupedNetworks(MTLModel):
-    """The deployed solution's structure: one network per chosen group; task t is predicted by
-    ``assignment[t]``. Built untrained by the procedure (its networks were trained as their own
-    candidate runs); params/flops in run.json come from those runs."""
-
-    def __init__(self, tasks, networks: Dict[str, MTLModel], assignment: Dict[str, str]):
-        super().__init__(tasks)
-        self.keys = {n: f"net{i}" for i, n in enumerate(networks)}
-        self.nets = nn.ModuleDict({self.keys[n]: m for n, m in networks.items()})
-        self.assignment = dict(assignment)
-
-    def forward_tasks(self, x, tasks):
-        out = {}
-        for t in tasks:
-            out[t] = self.nets[self.keys[self.assignment[t]]].forward_tasks(x, [t])[t]
-        return out
-
-    def shared_parameters(self):
-        return []
-
-    def task_parameters(self, task):
-        return self.nets[self.keys[self.assignment[task]]].task_parameters(task)
 
 
 def build_container(ctx, tasks: List[str], networks: List[str], assignment: Dict[str, str],
-                    groups_of: dict, arch: str) -> GroupedNetworks:
+                    groups_of: dict, anode: dict) -> GroupedNetworks:
+    """The deployed solution's structure, built untrained (its networks were trained as their
+    own candidate runs; params / flops in run.json come from those runs)."""
     by_name = {t.name: t for t in ctx.data.tasks}
-    anode = arch_node(arch)
     nets = {}
     for name in networks:
         grp, half = groups_of[name]

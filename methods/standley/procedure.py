@@ -36,10 +36,9 @@ import numpy as np
 
 from mtlbench.grouping.selection import GroupingError, ScoreTable, candidate_groups, hoa_table, select
 from mtlbench.grouping.search import min_cover_cost
-from mtlbench.core.procedure import Procedure, ProcedureResult
+from mtlbench.core.procedure import FitResult, Procedure, ProcedureResult
 from mtlbench.core.registry import PROCEDURES
 from mtlbench.results.stats import delta_t
-from mtlbench.engine.trainer import FitResult
 
 from mtlbench.methods.standley.candidates import CandidatePool, all_groups, network_name, parse_metric, score_of
 from mtlbench.methods.standley.outputs import build_container, write_outputs
@@ -108,8 +107,7 @@ class Standley(Procedure):
                              f"set dataset.tasks to at least two tasks")
         g = settings(ctx.cfg, tasks)
         metric = parse_metric(g, tasks)
-        say = (lambda m: print("[mtlbench] standley:", m, flush=True))
-        pool = CandidatePool(ctx.cfg, g["arch"], say)
+        pool = CandidatePool(ctx, g["arch"])
         order = lambda grp: tuple(sorted(grp, key=tasks.index))  # noqa: E731
         full: Dict[str, dict] = {}
         groups_of: Dict[str, Tuple[tuple, bool]] = {}
@@ -235,7 +233,7 @@ class Standley(Procedure):
             "candidate_train_time_s": pool.train_time_s, "wall_time_s": time.perf_counter() - t_start}
         if ctx.folder is not None:
             write_outputs(ctx.folder, payload)
-        model = build_container(ctx, tasks, report["networks"], assign, groups_of, g["arch"])
+        model = build_container(ctx, tasks, report["networks"], assign, groups_of, pool.arch)
         info = {k: payload[k] for k in ("strategy", "report_budget", "delta_t_vs_single", "trained", "reused",
                                         "candidate_train_time_s")}
         info["selection"] = {k: report[k] for k in ("networks", "assignment", "cost", "predicted_total")}

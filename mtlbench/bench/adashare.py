@@ -2,7 +2,7 @@
 
 On the same real batches of an embedded dataset (default ``scenes``, its default backbone)
 and the same backbone configuration, one training step (forward + backward + optimizer
-step, medians of interleaved repeats, ``Trainer.train_epoch`` for the weight steps) of:
+step, medians of interleaved repeats, ``Trainer.train_pass`` for every step) of:
 
 * ``hard_sharing``: one backbone pass shared by all tasks (arch hard_sharing);
 * ``T paths``: every task runs its own pass through the same backbone (T forward passes,
@@ -66,21 +66,23 @@ def run(dataset: str = "scenes", batch_size: int = 32, steps: int = 6, repeats: 
     for m in (ada, ada_p):
         m.set_mode("search")
     ada.policy_logits.requires_grad_(False)
-    opts = {n: trainer.make_optimizer(m, bal) for n, m in (("hard", hard), ("paths", paths), ("ada", ada))}
-    for p in ada_p.parameters():
-        p.requires_grad_(p is ada_p.policy_logits)
+    sessions = {n: trainer.prepare(m, bal, tasks) for n, m in (("hard", hard), ("paths", paths), ("ada", ada))}
+    for q in ada_p.parameters():
+        q.requires_grad_(q is ada_p.policy_logits)
     proc = PROCEDURES.get("adashare")()
-    opt_p = torch.optim.Adam([ada_p.policy_logits], lr=proc.policy_lr, weight_decay=proc.policy_weight_decay)
-    from mtlbench.methods.adashare.procedure import sharing_weights
+    from mtlbench.methods.adashare.search import policy_step, sharing_weights
 
-    sw = sharing_weights(ada_p.num_blocks, proc.sharing_direction)
+    sp = trainer.prepare(ada_p, bal, tasks, params=[])
+    sp.optimizers["policy"] = torch.optim.Adam([ada_p.policy_logits], lr=proc.policy_lr,
+                                               weight_decay=proc.policy_weight_decay)
+    lam = torch.ones(len(tasks))
+    pstep = policy_step(proc, trainer, 0, sharing_weights(ada_p.num_blocks, proc.sharing_direction), lam)
 
     def step(name):
         if name == "policy":
-            proc.policy_pass(trainer, ada_p, bal, opt_p, batches, tasks, sw)
-            return
-        model = {"hard": hard, "paths": paths, "ada": ada}[name]
-        trainer.train_epoch(model, bal, opts[name], batches, tasks).tolist()
+            trainer.train_pass(sp, batches, step=pstep, names=("task", "sparsity", "sharing"))
+        else:
+            trainer.train_pass(sessions[name], batches)
 
     order = ["hard", "paths", "ada", "policy"]
     for n in order:  # warm-up

@@ -90,11 +90,12 @@ def protocol(dataset: str, n_tasks: int, seed: int, epochs: int, data_root: str,
 
 def trained_pairs(cfg: dict, say) -> dict:
     """Single and pair candidates via the standley ``CandidatePool`` (cached runs)."""
+    from mtlbench.engine.run import child_context
     from mtlbench.methods.standley.candidates import CandidatePool, score_of
 
     tasks = list(cfg["dataset"]["tasks"])
     n = len(tasks)
-    pool = CandidatePool(cfg, "hard_sharing", say)
+    pool = CandidatePool(child_context(cfg, say), "hard_sharing")
     loss = ("loss", "auto")
     t0 = time.perf_counter()
     single, pair = np.zeros(n), np.full((n, n), np.nan)
@@ -131,8 +132,8 @@ def tag_run(cfg: dict, settings: dict) -> dict:
     model = ARCHS.get("hard_sharing")(lambda: build_backbone(cfg["backbone"], data.input_shape), data.tasks)
     bal = {k: v for k, v in cfg["balancer"].items() if k != "name"}
     balancer = BALANCERS.get(cfg["balancer"]["name"])(data.task_names, **bal)
-    z, _ = tag_affinity(model, balancer, data, trainer, seed, int(settings["every"]),
-                        float(settings["lookahead_lr"]), int(settings["probe_per_task"]), int(settings["probe_size"]))
+    z = tag_affinity(model, balancer, data, trainer, seed, int(settings["every"]),
+                     float(settings["lookahead_lr"]), int(settings["probe_per_task"]), int(settings["probe_size"]))
     return {"z": z, "time_s": time.perf_counter() - t0}
 
 

@@ -42,12 +42,12 @@ def archs(dataset: str = "multimnist", batch_size: int = 32, steps: int = 8, rep
         torch.manual_seed(0)
         model = ARCHS.get(arch)(lambda: build_backbone(bcfg, data.input_shape), data.tasks)
         balancer = BALANCERS.get(bal)(data.task_names)
-        opt = trainer.make_optimizer(model, balancer)
-        trainer.train_epoch(model, balancer, opt, batches[:1], data.tasks)  # warm-up
+        session = trainer.prepare(model, balancer, data.tasks)
+        trainer.train_pass(session, batches[:1])  # warm-up
         runs = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            trainer.train_epoch(model, balancer, opt, batches, data.tasks).tolist()
+            trainer.train_pass(session, batches)
             runs.append((time.perf_counter() - t0) / len(batches))
         n_params = sum(p.numel() for p in model.parameters())
         times[(arch, bal)] = (statistics.median(runs), n_params)

@@ -1,6 +1,6 @@
 """Benchmarks: ``python -m mtlbench bench overhead``.
 
-``overhead`` runs the same model on the same batches through ``Trainer.train_epoch``
+``overhead`` runs the same model on the same batches through ``Trainer.train_pass``
 (with its progress bar, loss bookkeeping and balancer) and through a bare hand-written
 PyTorch loop, interleaved, and reports medians: the ratio trainer / bare and the fixed
 cost per step in ms. Both loops release gradients alike (``zero_grad(set_to_none=True)``).
@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import statistics
 import time
 from typing import List
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mtlbench.backbones.base import build_backbone
 from mtlbench.core.data import Batch
@@ -27,7 +25,7 @@ from mtlbench.tasks import ClassificationTask
 from mtlbench.engine.trainer import Trainer
 
 
-def _bare_epoch(model, balancer, optimizer, batches: List[Batch], names):
+def _bare_epoch(model, balancer, ctx, optimizer, batches: List[Batch], names):
     """A hand-written loop: forward, cross-entropy per task, the method's own backward
     (its balancer: for equal weights exactly ``sum(losses).backward()``), step."""
     model.train()
@@ -35,7 +33,7 @@ def _bare_epoch(model, balancer, optimizer, batches: List[Batch], names):
         out = model(b.x)
         losses = {t: F.cross_entropy(out[t], b.targets[t]) for t in names}
         optimizer.zero_grad(set_to_none=True)
-        balancer.backward(losses, model)
+        balancer.backward(losses, ctx)
         optimizer.step()
 
 
@@ -47,19 +45,19 @@ def _setup(arch, backbone_cfg, tasks, input_shape, lr=1e-3, balancer: str = "equ
 
 
 def measure(name, model, balancer, tasks, batches, repeats: int):
-    trainer = Trainer(epochs=1, batch_size=len(batches[0]), device="cpu", progress=True)
+    trainer = Trainer(epochs=1, batch_size=len(batches[0]), device="cpu", progress="auto")
     names = [t.name for t in tasks]
     m_tr, m_bare, b_bare = model, copy.deepcopy(model), copy.deepcopy(balancer)
-    opt_tr = trainer.make_optimizer(m_tr, balancer)
-    opt_bare = torch.optim.Adam(list(m_bare.parameters()) + list(b_bare.parameters()), lr=opt_tr.defaults["lr"])
+    session = trainer.prepare(m_tr, balancer, tasks)
+    opt_bare = torch.optim.Adam(list(m_bare.parameters()) + list(b_bare.parameters()),
+                                lr=session.optimizer.defaults["lr"])
+    ctx_bare = trainer.balancer_context(m_bare, b_bare)
 
-    def run_trainer():
-        with tqdm(total=len(batches), file=io.StringIO(), leave=False) as bar:
-            out = trainer.train_epoch(m_tr, balancer, opt_tr, batches, tasks, bar)
-        out.tolist()  # the once-per-epoch read the trainer does
+    def run_trainer():  # as a run does: progress bar on a terminal only, one read per pass
+        trainer.train_pass(session, batches)
 
     def run_bare():
-        _bare_epoch(m_bare, b_bare, opt_bare, batches, names)
+        _bare_epoch(m_bare, b_bare, ctx_bare, opt_bare, batches, names)
 
     run_trainer(), run_bare()  # warm-up
     t_tr, t_bare = [], []

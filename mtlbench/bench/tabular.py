@@ -3,7 +3,7 @@ tabular datasets, and how it grows with the number of tasks (10, 30, 139 on Scho
 
 For each (dataset, number of tasks, method) the model is built as the run would build it
 (the dataset's config: resmlp backbone, batch size) and one full training epoch is timed
-through ``Trainer.train_epoch`` after a one-step warm-up (median of ``--repeats``). The
+through ``Trainer.train_pass`` after a one-step warm-up (median of ``--repeats``). The
 growth column is the time relative to the smallest task count of the same method.
 Datasets whose files are absent from ``--data-root`` are skipped with a note.
 """
@@ -43,14 +43,14 @@ def epoch_time(dataset: str, n_tasks: int, method: str, data_root: str, repeats:
     model = ARCHS.get(arch)(lambda: build_backbone(c["backbone"], data.input_shape), data.tasks)
     balancer = BALANCERS.get(bal)(data.task_names)
     tr = Trainer(**{**c["trainer"], "device": "cpu", "progress": False, "max_steps_per_epoch": max_steps})
-    opt = tr.make_optimizer(model, balancer)
+    session = tr.prepare(model, balancer, data.tasks)
     train = data.splits["train"]
     g = torch.Generator().manual_seed(0)
-    tr.train_epoch(model, balancer, opt, [next(iter(train.batches(tr.batch_size, True, g, True)))], data.tasks)
+    tr.train_pass(session, [next(iter(train.batches(tr.batch_size, True, g, True)))])
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        tr.train_epoch(model, balancer, opt, train.batches(tr.batch_size, True, g, True), data.tasks).tolist()
+        tr.train_pass(session, train.batches(tr.batch_size, True, g, True))
         times.append(time.perf_counter() - t0)
     steps = min(train.num_batches(tr.batch_size, True), max_steps or 1 << 30)
     return {"dataset": dataset, "tasks": len(data.tasks), "method": method, "epoch_s": statistics.median(times),

@@ -1,7 +1,7 @@
 """``python -m mtlbench bench throughput [--datasets scenes multimnist] [--methods ...]``
 
 For every method preset (``mtlbench/conf/method``) on each dataset: training and
-evaluation samples per second through the common trainer (``Trainer.train_epoch`` /
+evaluation samples per second through the common trainer (``Trainer.train_pass`` /
 ``Trainer.evaluate`` on the same real batches), and peak memory (CUDA: max allocated;
 CPU: resident memory after training minus before the model was built, in a fresh
 process per measurement),
@@ -56,18 +56,14 @@ def measure_one(method: str, dataset: str, variant: str, batch_size: int, steps:
                                          **{k: v for k, v in c["arch"].items() if k != "name"})
     balancer = BALANCERS.get(c["balancer"]["name"])(data.task_names,
                                                     **{k: v for k, v in c["balancer"].items() if k != "name"})
-    model.to(trainer.device)
-    if trainer.speed.channels_last:
-        model.to(memory_format=torch.channels_last)
-    balancer.to(trainer.device)
-    opt = trainer.make_optimizer(model, balancer)
+    session = trainer.prepare(model, balancer, data.tasks)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    trainer.train_epoch(model, balancer, opt, batches[:2], data.tasks).tolist()  # warm-up
+    trainer.train_pass(session, batches[:2])  # warm-up
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync()
     t0 = time.perf_counter()
-    trainer.train_epoch(model, balancer, opt, batches[2:], data.tasks).tolist()
+    trainer.train_pass(session, batches[2:])
     sync()
     train_s = time.perf_counter() - t0
     rss = _rss_mb()

@@ -1,19 +1,20 @@
 """Checkpoints for exact resume of a trainer fit.
 
-A run folder holds ``checkpoints/fit<k>.pt`` for the k-th ``Trainer.fit`` of the run (a
-procedure with several phases fits several times, always in the same order), each with a
-small sidecar ``fit<k>.json`` (``epoch``, ``step``, ``done``, ``log_bytes``). Both are
+A run folder holds ``checkpoints/<slot>.pt`` for each named slot of the run (``fit`` for a
+single run; a procedure names its phases: ``warmup``, ``search``, ``retrain-0``...), each
+with a small sidecar ``<slot>.json`` (``epoch``, ``step``, ``done``, ``log_bytes``). Both are
 written atomically (temp file + rename), the sidecar last, so a run killed at any instant
 (SIGKILL included) leaves the previous complete checkpoint in place.
 
-What a checkpoint holds: model, optimizer, scheduler and balancer state (buffers,
-learnable parameters and the balancer's Python-level state, e.g. DWA's loss history,
-UW's log-variances), the epoch and the step within it, the data-order generator's state
-at the start of that epoch (the epoch's batch order is replayed and the steps already
-done are skipped), the RNG states of torch, numpy and python at the checkpoint, the
-epoch history and the partial loss sums of the current epoch, the best-epoch state for
-``selection=best``, and the size of ``metrics.jsonl`` then (on resume the log is cut back
-to it, so no epoch line is written twice). A finished fit keeps its final model and
+What a checkpoint holds (``Trainer.snapshot``): model, optimizers, scheduler and balancer
+state (buffers, parameters and the balancer's declared ``state_fields``), the epochs done,
+the generators' states (data order, probes...), the procedure's own state
+(``Session.state``: best-epoch state for ``selection=best``, a search's temperature and
+best policy...), the epoch history, the RNG states of torch, numpy and python at the
+checkpoint, a mid-epoch cursor (step, partial loss sums, the generators' states at the
+epoch's start: the epoch's batch order is replayed and the steps already done are
+skipped), and the size of ``metrics.jsonl`` then (on resume the log is cut back to it, so
+no epoch line is written twice). A finished fit keeps its final model and
 result, so a resumed multi-phase procedure replays finished phases without training.
 
 On CPU with the same seed a resumed run ends with exactly the metrics of an
@@ -31,7 +32,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -63,15 +64,12 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
 
 
 class CheckpointSlot:
-    """Where one fit's checkpoint lives. ``every_steps``: also checkpoint every that many
-    training steps inside an epoch (None: at the end of each epoch only).
+    """Where one phase's checkpoint lives (``<directory>/<name>.pt`` + sidecar).
     ``log_path``: the run's metrics.jsonl (its size is recorded for the cut on resume)."""
 
-    def __init__(self, directory, name: str, every_steps: Optional[int] = None, log_path=None,
-                 writer: bool = True):
+    def __init__(self, directory, name: str, log_path=None, writer: bool = True):
         self.dir, self.name = Path(directory), name
         self.writer = writer  # False on torchrun ranks > 0: they read rank 0's checkpoints
-        self.every_steps = every_steps
         self.log_path = Path(log_path) if log_path else None
 
     @property
@@ -110,10 +108,27 @@ class CheckpointSlot:
         return state
 
 
+class CheckpointDir:
+    """The run's checkpoint folder: hands out one ``CheckpointSlot`` per slot name (a name
+    used twice in one run is a programming error of the procedure)."""
+
+    def __init__(self, directory, log_path=None, writer: bool = True):
+        self.dir, self.log_path, self.writer = Path(directory), log_path, writer
+        self.used: set = set()
+
+    def slot(self, name: str) -> CheckpointSlot:
+        if name in self.used:
+            raise RuntimeError(f"checkpoint slot '{name}' used twice in one run: give each phase its own name")
+        if not name or any(ch in name for ch in "/\\") or name.startswith("."):
+            raise ValueError(f"bad checkpoint slot name {name!r}")
+        self.used.add(name)
+        return CheckpointSlot(self.dir, name, self.log_path, self.writer)
+
+
 def checkpoint_log_bytes(directory) -> Optional[int]:
     """The metrics.jsonl size recorded by the newest checkpoint in ``directory`` (None: none)."""
     sizes = []
-    for meta in Path(directory).glob("fit*.json"):
+    for meta in Path(directory).glob("*.json"):
         try:
             sizes.append(int(json.loads(meta.read_text())["log_bytes"]))
         except (OSError, ValueError, KeyError, TypeError):

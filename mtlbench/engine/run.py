@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
-import itertools
-import os
 import platform
 import random
 import shutil
@@ -18,47 +15,19 @@ from typing import Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from mtlbench import __version__
-from mtlbench.backbones.base import build_backbone
-from mtlbench.engine.checkpoint import CheckpointSlot, checkpoint_log_bytes
-from mtlbench.engine.distributed import SINGLE, DistContext, from_env
-from mtlbench.core.data import MTLData, apply_limit
 from mtlbench.core.model import count_flops, count_params
-from mtlbench.core.procedure import RunContext
 from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS, PROCEDURES
-from mtlbench.results.store import RunFolder, StoreError, atomic_write_json, atomic_write_text, config_hash
+from mtlbench.engine.checkpoint import checkpoint_log_bytes
+from mtlbench.core.procedure import RunContext
+from mtlbench.engine import configs
+from mtlbench.engine.configs import expand_preset, method_name
+from mtlbench.engine.context import build_data, kwargs_of, make_context  # noqa: F401  (build_data re-exported)
+from mtlbench.engine.distributed import from_env
 from mtlbench.engine.trainer import Trainer
-
-
-def _kw(node: dict, *drop: str) -> dict:
-    return {k: v for k, v in node.items() if k not in ("name", *drop)}
-
-
-def method_name(c: dict) -> str:
-    """The preset's name, or ``<arch>+<balancer>`` when arch/balancer/procedure were overridden."""
-    preset = c.get("preset") or {}
-    chosen = (c["arch"]["name"], c["balancer"]["name"], c["procedure"]["name"])
-    if preset.get("name") and chosen == (preset.get("arch"), preset.get("balancer"), preset.get("procedure")):
-        return preset["name"]
-    name = f"{chosen[0]}+{chosen[1]}"
-    return name if chosen[2] == "single" else f"{name}+{chosen[2]}"
-
-
-def build_data(dcfg: dict, data_root: Optional[str] = None) -> MTLData:
-    """Build the dataset from its config node (generic keys: name, root, split_seed, limit, tasks)."""
-    builder = DATASETS.get(dcfg["name"])
-    root = dcfg.get("root") or data_root
-    root = os.path.expanduser(root) if root else None
-    extra = {}
-    if dcfg.get("tasks") and "tasks" in inspect.signature(builder).parameters:
-        extra["tasks"] = list(dcfg["tasks"])  # builders that can skip reading unused tasks' files
-    data = builder(root=root, split_seed=int(dcfg.get("split_seed") or 0),
-                   **_kw(dcfg, "root", "split_seed", "limit", "tasks"), **extra)
-    if dcfg.get("tasks"):
-        data = data.select_tasks(list(dcfg["tasks"]))
-    return apply_limit(data, dcfg.get("limit"))
+from mtlbench.results.store import RunFolder, StoreError, atomic_write_json, atomic_write_text, config_hash
 
 
 def seed_everything(seed: int) -> None:
@@ -84,65 +53,19 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def epoch_line(row: dict) -> str:
-    val = " ".join(f"{t}.{m}={v:.4f}" for t, ms in row["val"].items() for m, v in ms.items())
-    loss = " ".join(f"{t}={v:.4f}" for t, v in row["train_loss"].items())
-    phase = f"{row['phase']} " if row.get("phase") else ""  # multi-phase procedures tag their rows
-    return f"{phase}epoch {row['epoch']}: train loss {loss} | val {val} ({row['epoch_time_s']:.1f}s)"
-
-
-def make_context(c: dict, data: MTLData, folder: Optional[RunFolder], say=None,
-                 dctx: DistContext = SINGLE) -> RunContext:
-    seed = int(c["seed"])
-    arch_cls, balancer_cls = ARCHS.get(c["arch"]["name"]), BALANCERS.get(c["balancer"]["name"])
-
-    def build_model(tasks, arch: Optional[dict] = None, backbone: Optional[dict] = None):
-        acfg, bcfg = arch or c["arch"], backbone or c["backbone"]
-        cls = ARCHS.get(acfg["name"]) if arch else arch_cls
-        return cls(lambda: build_backbone(bcfg, data.input_shape), tasks, **_kw(acfg))
-
-    def build_balancer(task_names, balancer: Optional[dict] = None):
-        bcfg = balancer or c["balancer"]
-        cls = BALANCERS.get(bcfg["name"]) if balancer else balancer_cls
-        return cls(task_names, **_kw(bcfg))
-
-    fits = itertools.count(1)
-
-    def make_trainer(**overrides) -> Trainer:
-        """A trainer with its own checkpoint slot: the k-th trainer of the run checkpoints
-        to ``checkpoints/fit<k>.pt`` (procedures make their trainers in a fixed order)."""
-        trainer = Trainer(**{**c["trainer"], **overrides})
-        trainer.dist = dctx
-        if dctx.active and trainer.device.type == "cuda":
-            trainer.device = torch.device("cuda", dctx.local_rank)
-        if folder is not None:
-            trainer.checkpoint = CheckpointSlot(folder.path / "checkpoints", f"fit{next(fits)}",
-                                                trainer.checkpoint_every_steps, folder.path / "metrics.jsonl",
-                                                writer=dctx.is_main)
-            trainer.resume = bool(c.get("resume", True))
-        return trainer
-
-    def log_epoch(row: dict) -> None:
-        if folder is not None and dctx.is_main:
-            folder.append_jsonl("metrics.jsonl", row)
-        if say is not None:
-            say(epoch_line(row))
-
-    return RunContext(cfg=c, data=data, seed=seed, build_model=build_model,
-                      build_balancer=build_balancer, make_trainer=make_trainer, log_epoch=log_epoch,
-                      folder=folder.path if folder is not None and dctx.is_main else None)
-
-
-def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = False) -> dict:
-    """Run (or skip, when already completed) the run described by ``cfg``; return its record."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+def execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False) -> dict:
+    """Run (or skip, when already completed) the run described by ``cfg`` (a DictConfig or a
+    resolved dict); return its record."""
+    c = expand_preset(cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True))
     dctx = from_env(c["trainer"].get("device") or "auto")  # torchrun: only rank 0 writes or talks
     main = dctx.is_main
     say = (lambda *a: None) if quiet or not main else (lambda *a: print("[mtlbench]", *a, flush=True))
     method, dataset, seed = method_name(c), c["dataset"]["name"], int(c["seed"])
     for reg, node in ((ARCHS, "arch"), (BALANCERS, "balancer"), (PROCEDURES, "procedure"), (DATASETS, "dataset")):
         reg.get(c[node]["name"])  # unknown names fail here, before anything is written
-    Trainer(**c["trainer"])  # so do bad trainer settings
+    check = Trainer(**c["trainer"])  # so do bad trainer settings, and parts that refuse torchrun
+    check.dist = dctx
+    check.check_distributed(PROCEDURES.get(c["procedure"]["name"]), BALANCERS.get(c["balancer"]["name"]))
     run_id = f"s{seed}-{config_hash(c)}"
     folder = RunFolder(c["results_dir"], dataset, method, run_id)
     if folder.is_completed():
@@ -169,10 +92,10 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
         seed_everything(int(c["dataset"].get("split_seed") or 0))
         data = build_data(c["dataset"], c.get("data_root"))
         seed_everything(seed)
-        procedure = PROCEDURES.get(c["procedure"]["name"])(**_kw(c["procedure"]))
+        procedure = PROCEDURES.get(c["procedure"]["name"])(**kwargs_of(c["procedure"]))
         say(f"{method} on {dataset} (seed {seed}, tasks {data.task_names}, "
             f"sizes {data.sizes()}) -> {folder.path}")
-        result = procedure(make_context(c, data, folder, say, dctx))
+        result = procedure(make_context(c, data, folder, say, dctx, run_child=_child))
     except BaseException as exc:
         if main:
             _write_failed(folder, c, method, run_id, started, exc)
@@ -210,6 +133,23 @@ def execute(cfg: DictConfig, hydra_files: Optional[dict] = None, quiet: bool = F
     say(f"test: {shown}")
     say(f"run.json: {folder.run_json}")
     return record
+
+
+def _child(cfg: dict):
+    """A procedure's child run (e.g. a task-grouping candidate): (its record, whether a
+    completed run with the same config was reused from the store)."""
+    c = expand_preset(cfg)
+    folder = RunFolder(c["results_dir"], c["dataset"]["name"], method_name(c), f"s{int(c['seed'])}-{config_hash(c)}")
+    reused = folder.is_completed()
+    return execute(c, quiet=True), reused
+
+
+def child_context(c: dict, say=None) -> RunContext:
+    """A context for child runs outside a run (benchmarks): ``cfg``, ``say``, ``config_node``
+    and ``run_child``; no data, no model builders."""
+    return RunContext(cfg=c, data=None, seed=int(c["seed"]), build_model=None, build_balancer=None,
+                      make_trainer=None, log_epoch=lambda row: None, say=say or (lambda *a: None),
+                      config_node=configs.config_node, run_child=_child)
 
 
 def _prepare_resume(path: Path, resume: bool) -> bool:

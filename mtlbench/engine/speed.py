@@ -6,7 +6,8 @@ numerics.
   needed) or ``fp16`` (CUDA only, with ``torch.amp.GradScaler``). The forward pass runs
   under autocast; predictions are cast back to float32 before losses and metrics, so
   every loss, every metric and every balancer's arithmetic is fp32. Under fp16 the
-  balancer back-propagates ``Balancer.scaled(loss)``; gradient balancers (MGDA) solve
+  balancer back-propagates through ``BalancerContext.backward`` (the scaled loss);
+  gradient balancers (MGDA) solve
   their min-norm problem on unscaled per-task gradients (the solution does not depend
   on a common scale) and scale only the final backward, so they stay correct.
 * ``channels_last``: the model and 4-D inputs in ``torch.channels_last`` memory format
@@ -58,16 +59,18 @@ class SpeedOptions:
             return preds
         return {k: v.float() if v.is_floating_point() else v for k, v in preds.items()}
 
-    def step(self, optimizer, model, grad_clip: Optional[float]) -> None:
+    def step(self, optimizer, params, grad_clip: Optional[float]) -> None:
+        """The optimizer step (through the grad scaler under fp16), after clipping the
+        gradient norm of ``params`` (what the optimizer updates) to ``grad_clip``."""
         if self.scaler is not None:
             if grad_clip:
                 self.scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
             self.scaler.step(optimizer)
             self.scaler.update()
             return
         if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
 
     # ------------------------------------------------------------- compile
@@ -108,10 +111,10 @@ class _CompiledOrEager:
         self.say(f"torch.compile (backend {self.backend}) failed, running eager: {type(exc).__name__}: {first}")
         self.fn = None
 
-    def __call__(self, x):
+    def __call__(self, *args, **kwargs):
         if self.fn is not None:
             try:
-                return self.fn(x)
+                return self.fn(*args, **kwargs)
             except Exception as exc:
                 self._fail(exc)
-        return self.module(x)
+        return self.module(*args, **kwargs)

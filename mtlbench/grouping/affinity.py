@@ -27,8 +27,7 @@ each member; ``hoa_table`` averages ``pair`` over a group the same way.
 """
 from __future__ import annotations
 
-import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -130,6 +129,13 @@ class AffinityTracker:
         self.count += ok
         self.updates += 1
 
+    def state(self) -> dict:
+        return {"sum": self.sum.copy(), "count": self.count.copy(), "steps": self.steps, "updates": self.updates}
+
+    def load(self, state: dict) -> None:
+        self.sum, self.count = np.array(state["sum"]), np.array(state["count"])
+        self.steps, self.updates = int(state["steps"]), int(state["updates"])
+
     def result(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan)
@@ -137,26 +143,32 @@ class AffinityTracker:
 
 def tag_affinity(model, balancer, data: MTLData, trainer, seed: int = 0, every: int = 10,
                  lookahead_lr: float = 0.01, probe_per_task: int = 16, probe_size: int = 1024,
-                 on_epoch=None) -> Tuple[np.ndarray, List[dict]]:
+                 on_epoch=None, slot: Optional[str] = "affinity") -> np.ndarray:
     """Train ``model`` (a hard-sharing model of all of ``data``'s tasks) with ``trainer`` for
-    ``trainer.epochs`` epochs, recording Z; returns (Z [T, T], per-epoch training losses)."""
-    model.to(trainer.device)
-    balancer.to(trainer.device)
-    opt = trainer.make_optimizer(model, balancer)
+    ``trainer.epochs`` epochs on its building blocks (scheduler, finite-loss check, autocast,
+    checkpoint slot ``slot`` at every epoch end), recording Z; returns Z [T, T]. A killed
+    run resumes at the last finished epoch with the tracker's sums and probe generator."""
+    s = trainer.prepare(model, balancer, data.tasks)
     tracker = AffinityTracker(model, data, every, lookahead_lr, probe_per_task, probe_size, seed, trainer.device)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(1, trainer.epochs + 1):
-        te = time.perf_counter()
-        batches = data.splits["train"].batches(trainer.batch_size, shuffle=True, generator=gen, drop_last=True)
-        loss = trainer.train_epoch(model, balancer, opt, tracker.wrap(batches), data.tasks)
-        row = {"epoch": epoch, "phase": "affinity", "train_loss": dict(zip(data.task_names, loss.tolist())),
-               "val": {}, "affinity_updates": tracker.updates, "epoch_time_s": round(time.perf_counter() - te, 4)}
-        balancer.epoch_end(row["train_loss"])
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-    return tracker.result(), history
+    s.generators.update(data=torch.Generator().manual_seed(seed), probe=tracker.gen)
+    s.state["affinity"] = tracker.state()
+    ckpt = trainer.slot(slot)
+    done = trainer.restore(s, ckpt)
+    if done is not None:
+        return np.asarray(done["affinity"], dtype=float)
+    tracker.load(s.state["affinity"])
+
+    def epoch(e: int) -> dict:
+        batches = data.splits["train"].batches(trainer.batch_size, shuffle=True, generator=s.generators["data"],
+                                               drop_last=True)
+        loss = trainer.train_pass(s, tracker.wrap(batches), where=f"affinity epoch {e}")
+        s.state["affinity"] = tracker.state()
+        return {"phase": "affinity", **trainer.epoch_row(s, e, loss), "val": {}, "affinity_updates": tracker.updates}
+
+    trainer.run_epochs(s, trainer.epochs, epoch, ckpt, on_epoch)
+    z = tracker.result()
+    trainer.finish(s, ckpt, {"affinity": z.tolist()})
+    return z
 
 
 def grouping_scores(z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
