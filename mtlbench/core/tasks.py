@@ -11,28 +11,62 @@ batch contributes an exact zero (still attached to the graph, so balancers and
 
 Metrics accumulate on the device (no host sync per step) and are read once per
 evaluation with ``compute()``, torchmetrics-style: ``update`` / ``compute`` / ``reset``.
+Their accumulators are DECLARED with ``add_state(name, default, reduce)``: ``reset``,
+``to(device)`` and the reduction over data-parallel ranks (``reduce``: ``sum``, ``max``,
+``min`` of tensors, or ``cat`` of a list of tensors) follow from the declarations.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+REDUCTIONS = ("sum", "max", "min", "cat")
+StateValue = Union[torch.Tensor, List[torch.Tensor]]
 
 
 class Metric:
+    """One value of a task, accumulated over a split. Subclasses declare their state in
+    ``__init__`` (``add_state``) and implement ``update`` and ``compute``."""
+
     name: str = "metric"
     higher_is_better: bool = True
 
+    def add_state(self, name: str, default: StateValue, reduce: str = "sum") -> None:
+        """Declare an accumulator: a tensor (reduced over ranks by ``sum`` / ``max`` / ``min``)
+        or an empty list of tensors (``cat``: concatenated over ranks)."""
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"metric state {name!r}: reduce must be one of {REDUCTIONS} (got {reduce!r})")
+        if (reduce == "cat") != isinstance(default, list) or (isinstance(default, list) and default):
+            raise ValueError(f"metric state {name!r}: a 'cat' state starts as [], the others as a tensor")
+        self.__dict__.setdefault("_states", {})[name] = (default, reduce)
+        setattr(self, name, _fresh(default))
+
+    @property
+    def states(self) -> Dict[str, Tuple[StateValue, str]]:
+        """{name: (default, reduce)} of the declared accumulators."""
+        return self.__dict__.get("_states", {})
+
     def reset(self) -> None:
-        raise NotImplementedError
+        for name, (default, _) in self.states.items():
+            setattr(self, name, _fresh(default))
+
+    def to(self, device) -> "Metric":
+        for name, (_, reduce) in self.states.items():
+            value = getattr(self, name)
+            setattr(self, name, [v.to(device) for v in value] if reduce == "cat" else value.to(device))
+        return self
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
         raise NotImplementedError
 
     def compute(self) -> float:
         raise NotImplementedError
+
+
+def _fresh(default: StateValue) -> StateValue:
+    return [] if isinstance(default, list) else default.detach().clone()
 
 
 def masked_mean(per_sample: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:

@@ -19,10 +19,13 @@ gloo on CPU). Semantics, chosen so that N processes give the single-process upda
   ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (``trainer.sync_batchnorm=true``)
   to normalise over the global batch.
 * Evaluation: each rank evaluates every N-th batch of the split; metric accumulators
-  (sums, counts, confusion matrices, histograms, collected predictions) are gathered
-  and combined on every rank, so all ranks report the metrics of the whole split.
-* Balancers that compute per-task gradients themselves (MGDA) would solve on one
-  rank's shard only: they set ``distributed = False`` and refuse to run under torchrun.
+  are combined on every rank by their declared reductions (``Metric.add_state``: sums,
+  counts, confusion matrices and histograms summed, collected predictions concatenated),
+  so all ranks report the metrics of the whole split.
+* Balancers: per-task gradients of parameters (``BalancerContext.grads``) are averaged
+  over ranks, so parameter-mode gradient methods see the global batch. A balancer that
+  cannot (MGDA's Gram matrix of a representation is per shard) declares
+  ``distributed = False`` and is refused with one line, as is a procedure that declares it.
 * Only rank 0 writes to the results store (run folder, metrics.jsonl, checkpoints,
   run.json); every rank resumes from rank 0's checkpoint.
 """
@@ -91,46 +94,29 @@ def average_grads(params) -> None:
             p.grad /= dist.get_world_size()
 
 
-def _merge(values: List):
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    if isinstance(present[0], torch.Tensor):
-        return torch.stack([v.to(present[0].device) for v in present]).sum(0)
-    if isinstance(present[0], list):  # collected predictions / targets: concatenate
-        return [x for v in present for x in v]
-    if isinstance(present[0], (int, float)):
-        return sum(present)
-    return present[0]
-
-
-def _state(obj) -> Dict[str, object]:
-    return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else
-                [x.detach().cpu() if isinstance(x, torch.Tensor) else x for x in v] if isinstance(v, list) else v)
-            for k, v in vars(obj).items()
-            if isinstance(v, (torch.Tensor, list)) or v is None}
-
-
 def reduce_metrics(metrics: Dict[str, list], loss_sum: Dict, count: Dict, device) -> None:
     """Combine every rank's metric accumulators and loss sums in place (all ranks get the
-    totals). Accumulators are the metrics' tensor attributes (summed), list attributes
-    (concatenated) and None (absent on a rank that saw no batch)."""
-    local = {"metrics": {t: [_state(m) for m in ms] for t, ms in metrics.items()},
-             "loss": {t: float(v) for t, v in loss_sum.items()}, "count": {t: float(v) for t, v in count.items()}}
-    gathered: List[Optional[dict]] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    for t, ms in metrics.items():
-        for i, m in enumerate(ms):
-            for key in local["metrics"][t][i]:
-                merged = _merge([g["metrics"][t][i].get(key) for g in gathered])
-                if isinstance(merged, torch.Tensor):
-                    merged = merged.to(device)
-                elif isinstance(merged, list):
-                    merged = [x.to(device) if isinstance(x, torch.Tensor) else x for x in merged]
-                setattr(m, key, merged)
-    for t in loss_sum:
-        loss_sum[t] = sum(g["loss"][t] for g in gathered)
-        count[t] = sum(g["count"][t] for g in gathered)
+    totals), by each metric's declared states (``Metric.add_state``): tensors are
+    all-reduced with their ``sum`` / ``max`` / ``min``; ``cat`` lists are gathered and
+    concatenated in rank order."""
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    for ms in metrics.values():
+        for m in ms:
+            for name, (_, reduce) in m.states.items():
+                value = getattr(m, name)
+                if reduce == "cat":
+                    gathered: List[Optional[list]] = [None] * dist.get_world_size()
+                    dist.all_gather_object(gathered, [v.detach().cpu() for v in value])
+                    setattr(m, name, [v.to(device) for part in gathered for v in part])
+                else:
+                    value = value.to(device).clone()
+                    dist.all_reduce(value, op=ops[reduce])
+                    setattr(m, name, value)
+    totals = torch.tensor([[float(loss_sum[t]), float(count[t])] for t in loss_sum], dtype=torch.float64,
+                          device=device)
+    dist.all_reduce(totals)
+    for k, t in enumerate(loss_sum):
+        loss_sum[t], count[t] = float(totals[k, 0]), float(totals[k, 1])
 
 
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:

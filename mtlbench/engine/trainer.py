@@ -291,7 +291,7 @@ class Trainer:
     def evaluate(self, model, split: TensorSplit, tasks: Sequence[Task]):
         """Metrics and mean loss (over labelled samples) per task on ``split``."""
         model.eval()
-        metrics = {t.name: t.metrics() for t in tasks}
+        metrics = {t.name: [m.to(self.device) for m in t.metrics()] for t in tasks}
         loss_sum = {t.name: 0.0 for t in tasks}
         count = {t.name: 0.0 for t in tasks}
         net = self.speed.compiled(model)

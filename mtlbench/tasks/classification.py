@@ -15,11 +15,8 @@ class Accuracy(Metric):
     higher_is_better = True
 
     def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.correct = None
-        self.count = None
+        self.add_state("correct", torch.zeros((), dtype=torch.long))
+        self.add_state("count", torch.zeros((), dtype=torch.long))
 
     def update(self, pred, target, mask) -> None:
         hit = pred.argmax(dim=1) == target
@@ -27,13 +24,12 @@ class Accuracy(Metric):
             hit = hit & mask
             n = mask.sum()
         else:
-            n = torch.tensor(target.shape[0], device=target.device)
-        c = hit.sum()
-        self.correct = c if self.correct is None else self.correct + c
-        self.count = n if self.count is None else self.count + n
+            n = target.shape[0]
+        self.correct = self.correct + hit.sum()
+        self.count = self.count + n
 
     def compute(self) -> float:
-        if self.count is None or int(self.count) == 0:
+        if int(self.count) == 0:
             return float("nan")
         return float(self.correct) / float(self.count)
 

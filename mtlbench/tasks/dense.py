@@ -114,11 +114,8 @@ class PixelMean(Metric):
                  scale: float = 1.0):
         self.name, self.higher_is_better = name, higher_is_better
         self.value_fn, self.valid_fn, self.scale = value_fn, valid_fn, scale
-        self.reset()
-
-    def reset(self) -> None:
-        self.total = None
-        self.count = None
+        self.add_state("total", torch.zeros((), dtype=torch.float64))
+        self.add_state("count", torch.zeros((), dtype=torch.long))
 
     def update(self, pred, target, mask) -> None:
         target = _as_map(target, pred)
@@ -126,12 +123,11 @@ class PixelMean(Metric):
         valid = _with_mask(self.valid_fn(pred, target), mask)
         values = self.value_fn(pred, target)
         s = torch.where(valid, values, torch.zeros_like(values)).sum(dtype=_sum_dtype(values.device))
-        n = valid.sum()
-        self.total = s if self.total is None else self.total + s
-        self.count = n if self.count is None else self.count + n
+        self.total = self.total.to(s.dtype) + s
+        self.count = self.count + valid.sum()
 
     def compute(self) -> float:
-        if self.count is None or int(self.count) == 0:
+        if int(self.count) == 0:
             return float("nan")
         return float(self.total) / float(self.count) * self.scale
 
@@ -146,10 +142,7 @@ class ConfusionMetric(Metric):
         if name not in ("miou", "pixel_acc"):
             raise ValueError(f"unknown segmentation metric '{name}'")
         self.name, self.num_classes, self.ignore_index = name, num_classes, ignore_index
-        self.reset()
-
-    def reset(self) -> None:
-        self.confusion = None  # [num_classes, num_classes] int64 on the device
+        self.add_state("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long))  # rows = truth
 
     def update(self, pred, target, mask) -> None:
         c = self.num_classes
@@ -159,8 +152,7 @@ class ConfusionMetric(Metric):
         # invalid pixels go to an overflow bin (index c*c) that is dropped: no host sync
         idx = torch.where(valid, gt * c + pr, torch.full_like(gt, c * c))
         hist = torch.zeros(c * c + 1, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-        conf = hist[: c * c].view(c, c)
-        self.confusion = conf if self.confusion is None else self.confusion + conf
+        self.confusion = self.confusion + hist[: c * c].view(c, c)
 
     def per_class_iou(self) -> torch.Tensor:
         """IoU per class (NaN where the union is 0 over the split)."""
@@ -170,7 +162,7 @@ class ConfusionMetric(Metric):
         return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
 
     def compute(self) -> float:
-        if self.confusion is None or int(self.confusion.sum()) == 0:
+        if int(self.confusion.sum()) == 0:
             return float("nan")
         if self.name == "pixel_acc":
             h = self.confusion.double().cpu()
@@ -203,10 +195,7 @@ class MedianAngle(Metric):
     def __init__(self, bin_deg: float = ANGLE_BIN_DEG):
         self.bin_deg = bin_deg
         self.bins = int(math.ceil(180.0 / bin_deg))
-        self.reset()
-
-    def reset(self) -> None:
-        self.hist = None
+        self.add_state("hist", torch.zeros(self.bins + 1, dtype=torch.long))  # last bin: invalid pixels
 
     def update(self, pred, target, mask) -> None:
         pred = resize_to(pred.detach(), target)
@@ -214,12 +203,9 @@ class MedianAngle(Metric):
         ang = normal_angles(pred, target).reshape(-1)
         idx = torch.floor(ang / self.bin_deg).long().clamp_(0, self.bins - 1)
         idx = torch.where(valid, idx, torch.full_like(idx, self.bins))  # overflow bin: dropped
-        hist = torch.zeros(self.bins + 1, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-        self.hist = hist if self.hist is None else self.hist + hist
+        self.hist = self.hist.index_add(0, idx, torch.ones_like(idx))
 
     def compute(self) -> float:
-        if self.hist is None:
-            return float("nan")
         cum = self.hist[: self.bins].cpu().cumsum(0)
         n = int(cum[-1])
         if n == 0:

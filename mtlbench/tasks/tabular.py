@@ -72,10 +72,7 @@ class _Sums(Metric):
 
     def __init__(self, y_mean: float = 0.0, y_std: float = 1.0):
         self.y_mean, self.y_std = float(y_mean), float(y_std)
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums = None
+        self.add_state("sums", torch.zeros(6, dtype=torch.float64))
 
     def update(self, pred, target, mask) -> None:
         p, y = _select(pred, target, mask)
@@ -83,11 +80,9 @@ class _Sums(Metric):
         y = y.double() * self.y_std + self.y_mean
         r = y - p
         s = torch.stack([torch.ones_like(y).sum(), y.sum(), (y * y).sum(), r.sum(), (r * r).sum(), r.abs().sum()])
-        self.sums = s if self.sums is None else self.sums + s
+        self.sums = self.sums + s
 
     def _values(self):
-        if self.sums is None:
-            return None
         n, sy, syy, sr, srr, sar = self.sums.tolist()
         return None if n == 0 else (n, sy, syy, sr, srr, sar)
 
@@ -125,11 +120,8 @@ class ExplainedVariance(_Sums):
 
 class _Collect(Metric):
     def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.preds: List[torch.Tensor] = []
-        self.targets: List[torch.Tensor] = []
+        self.add_state("preds", [], reduce="cat")
+        self.add_state("targets", [], reduce="cat")
 
     def update(self, pred, target, mask) -> None:
         p, y = _select(pred, target, mask)
@@ -158,18 +150,14 @@ class BinaryAccuracy(Metric):
     name, higher_is_better = "accuracy", True
 
     def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.hits = None
+        self.add_state("hits", torch.zeros(2, dtype=torch.long))
 
     def update(self, pred, target, mask) -> None:
         p, y = _select(pred, target, mask)
-        s = torch.stack([((p > 0) == (y > 0.5)).sum(), torch.ones_like(y).sum().long()])
-        self.hits = s if self.hits is None else self.hits + s
+        self.hits = self.hits + torch.stack([((p > 0) == (y > 0.5)).sum(), torch.ones_like(y).sum().long()])
 
     def compute(self) -> float:
-        if self.hits is None or int(self.hits[1]) == 0:
+        if int(self.hits[1]) == 0:
             return float("nan")
         c, n = self.hits.tolist()
         return c / n
