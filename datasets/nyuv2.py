@@ -195,6 +195,9 @@ class MTANFolder(DenseDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def sample_id(self, k: int) -> str:
+        return str(self.folder / "image" / f"{self.ids[k]}.npy")
+
     def read(self, k: int):
         i = self.ids[k]
         path = self.folder / "image" / f"{i}.npy"
@@ -265,6 +268,9 @@ class NYUv2AdaShare(DenseDataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def sample_id(self, k: int) -> str:
+        return str(self.root / self.items[k][0])
 
     def read(self, k: int):
         img, seg, nrm, dep = (self.root / p for p in self.items[k])

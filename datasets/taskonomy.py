@@ -165,6 +165,9 @@ class TaskonomyDataset(DenseDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_id(self, k: int) -> str:
+        return "/".join(self.samples[k])
+
     def _path(self, building: str, folder: str, stem: str) -> Path:
         dom = self.domains[(building, folder)]
         return _folder(self.base, self.layout, building, folder) / f"{stem}_domain_{dom}.png"

@@ -38,7 +38,8 @@ excluded, α is uniform (the loss, hence the update, is zero anyway).
 
 Solver (own implementation, float64 on the host): K = 1 → α = 1; K = 2 → the analytic
 minimiser of ‖c·g_1 + (1−c)·g_2‖² over c ∈ [0, 1] (exact 0/1 at the ends, where their
-code uses 0.001/0.999); K ≥ 3 → started at the best pair (as their code does), then
+code uses 0.001/0.999; for identical gradients, where every c gives the same point, c = 0.5
+where their code takes 0.999: the same min-norm vector, but both tasks' heads keep learning); K ≥ 3 → started at the best pair (as their code does), then
 Frank-Wolfe with away steps and exact line search, stopped when the duality gap
 max_i (αᵀGα − (Gα)_i) ≤ ``tol``·max_i G_ii or after ``max_iter`` iterations.
 
@@ -67,8 +68,8 @@ def min_norm_pair(a: float, b: float, d: float) -> Tuple[float, float]:
     """argmin_{c ∈ [0,1]} ‖c·x + (1−c)·y‖² given a = ⟨x,x⟩, b = ⟨x,y⟩, d = ⟨y,y⟩;
     returns (c, the squared norm there)."""
     denom = a + d - 2.0 * b  # ‖x − y‖²
-    if denom <= 0.0:          # x = y: every c is optimal
-        c = 1.0 if a <= d else 0.0
+    if denom <= 0.0:          # x = y: every c gives the same point; take the centre (symmetric tie)
+        c = 0.5
     else:
         c = min(max((d - b) / denom, 0.0), 1.0)
     return c, c * c * a + 2.0 * c * (1.0 - c) * b + (1.0 - c) ** 2 * d

@@ -104,6 +104,13 @@ class Backbone(nn.Module):
         return x
 
 
+def image_backbone(fn):
+    """Marks a backbone builder that needs image inputs [C, H, W] (``build_backbone`` says so
+    in one line instead of a convolution's error deep inside)."""
+    fn.input_ndim = 3
+    return fn
+
+
 def _stages(widths: Sequence[int], depths: Sequence[int], in_ch: int) -> List[Block]:
     blocks: List[Block] = []
     for stage, (w, d) in enumerate(zip(widths, depths)):
@@ -115,6 +122,7 @@ def _stages(widths: Sequence[int], depths: Sequence[int], in_ch: int) -> List[Bl
 
 
 @BACKBONES.register("small_cnn")
+@image_backbone
 def small_cnn(input_shape: Tuple[int, ...], width: int = 16, depths: Sequence[int] = (1, 1, 1)) -> Backbone:
     """A small ResNet for CPU-sized image runs: conv stem, then stages of basic blocks
     with widths width, 2*width, 4*width (stride 2 between stages)."""
@@ -138,4 +146,11 @@ def build_backbone(cfg: dict, input_shape) -> Backbone:
     """Build from a backbone config node: ``name`` plus the builder's keyword arguments."""
     kw = dict(cfg)
     name = kw.pop("name")
-    return BACKBONES.get(name)(tuple(input_shape), **kw)
+    builder = BACKBONES.get(name)
+    need = getattr(builder, "input_ndim", None)
+    if need is not None and len(tuple(input_shape)) != need:
+        fits = ", ".join(n for n in BACKBONES.names() if getattr(BACKBONES.get(n), "input_ndim", None) is None)
+        raise ValueError(f"backbone {name} needs image inputs [C, H, W] but the dataset gives inputs of shape "
+                         f"{tuple(input_shape)}: set backbone={fits.split(', ')[0] if fits else '...'} (or one of "
+                         f"{fits}); a dataset's YAML picks its default with `defaults: - override /backbone: <name>`")
+    return builder(tuple(input_shape), **kw)

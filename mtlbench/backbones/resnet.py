@@ -38,7 +38,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from mtlbench.backbones.base import Backbone, BasicBlock
+from mtlbench.backbones.base import image_backbone, Backbone, BasicBlock
 from mtlbench.core.registry import BACKBONES
 
 # which of stages 2, 3, 4 trade their stride for dilation, per output stride
@@ -113,6 +113,7 @@ def _build(name, layers, input_shape, output_stride, width, pretrained, head, as
 
 
 @BACKBONES.register("resnet18")
+@image_backbone
 def resnet18(input_shape: Tuple[int, ...], output_stride: int = 8, width: int = 64,
              pretrained: Optional[str] = None, head: str = "aspp",
              aspp_rates: Sequence[int] = (6, 12, 18, 24), head_channels: Optional[int] = None,
@@ -124,6 +125,7 @@ def resnet18(input_shape: Tuple[int, ...], output_stride: int = 8, width: int = 
 
 
 @BACKBONES.register("resnet34")
+@image_backbone
 def resnet34(input_shape: Tuple[int, ...], output_stride: int = 8, width: int = 64,
              pretrained: Optional[str] = None, head: str = "aspp",
              aspp_rates: Sequence[int] = (6, 12, 18, 24), head_channels: Optional[int] = None,
@@ -135,6 +137,7 @@ def resnet34(input_shape: Tuple[int, ...], output_stride: int = 8, width: int = 
 
 
 @BACKBONES.register("small_resnet")
+@image_backbone
 def small_resnet(input_shape: Tuple[int, ...], width: int = 16, layers: Sequence[int] = (1, 1, 1, 1),
                  output_stride: int = 8, head: str = "conv", aspp_rates: Sequence[int] = (6, 12, 18, 24),
                  head_channels: Optional[int] = None, aspp_dropout: Optional[float] = None) -> Backbone:

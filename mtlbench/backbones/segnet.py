@@ -33,7 +33,7 @@ from typing import Optional, Sequence, Tuple
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.backbones.base import Backbone, Block
+from mtlbench.backbones.base import image_backbone, Backbone, Block
 from mtlbench.core.registry import BACKBONES
 
 ENCODER_LAYERS = (2, 2, 3, 3, 3)  # conv-BN-ReLU layers per encoder block, levels 0..4
@@ -98,6 +98,7 @@ def segnet_blocks(in_channels: int, filters: Sequence[int]) -> list:
 
 
 @BACKBONES.register("segnet")
+@image_backbone
 def segnet(input_shape: Tuple[int, ...], width: int = 64, head: str = "conv",
            head_channels: Optional[int] = None) -> Backbone:
     """MTAN's SegNet (see module docstring); ``width`` = base filters (64 as in MTAN,

@@ -45,8 +45,12 @@ def fail(msg: str) -> int:
 
 
 def config_options(group: str) -> List[str]:
-    root = resources.files("mtlbench.conf") / group
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    """Valid values of a config group: the registry's names for arch / balancer / procedure /
+    backbone / dataset (with their YAML, or a default node for a plugin without one), the
+    YAML files for the others (method presets, profiles...)."""
+    from mtlbench.engine.configs import options
+
+    return options(group)
 
 
 def check_group_overrides(args: List[str]) -> Optional[str]:
@@ -69,9 +73,11 @@ def _hydra_run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from mtlbench.engine.configs import set_searchpath
     from mtlbench.engine.run import execute
 
     hc = HydraConfig.get()
+    set_searchpath(list(hc.searchpath or []))  # child runs compose with the same search path
     files = {"overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))),
              "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}))}
     try:
@@ -97,6 +103,9 @@ def precompose(args: List[str]) -> Optional[str]:
 
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help...: Hydra's own handling
         return None
+    from mtlbench.engine.configs import register_defaults
+
+    register_defaults()
     try:
         with initialize_config_module("mtlbench.conf", version_base=None):
             compose("config", overrides=args)
@@ -129,6 +138,10 @@ def run_cli(args: List[str]) -> int:
         return fail(msg)
     _failures.clear()
     import tempfile
+
+    from mtlbench.engine.configs import register_defaults
+
+    register_defaults()  # registered plugins without a YAML compose with their defaults
 
     fd, failures_file = tempfile.mkstemp(prefix="mtlbench-failures-", suffix=".txt")
     os.close(fd)

@@ -54,26 +54,33 @@ class Batch:
 
 
 class TensorSplit:
-    """An in-memory split: ``x`` [N, ...], ``targets`` {task: [N, ...]}, optional masks {task: [N] bool}."""
+    """An in-memory split: ``x`` [N, ...], ``targets`` {task: [N, ...]}, optional masks {task: [N] bool},
+    optional ``ids`` [N]: each sample's identity in its source (e.g. the row of a table), kept
+    by ``subset`` so that splits can be checked disjoint (``sample_ids``)."""
 
     def __init__(self, x: torch.Tensor, targets: Dict[str, torch.Tensor],
-                 masks: Optional[Dict[str, torch.Tensor]] = None):
+                 masks: Optional[Dict[str, torch.Tensor]] = None, ids: Optional[torch.Tensor] = None):
         n = x.shape[0]
-        for k, v in list(targets.items()) + list((masks or {}).items()):
+        for k, v in list(targets.items()) + list((masks or {}).items()) + ([("ids", ids)] if ids is not None else []):
             if v.shape[0] != n:
                 raise ValueError(f"task '{k}' has {v.shape[0]} rows, inputs have {n}")
-        self.x, self.targets, self.masks = x, targets, masks
+        self.x, self.targets, self.masks, self.ids = x, targets, masks, ids
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def sample_ids(self) -> Optional[list]:
+        """The samples' source identities (None: the split has none; compare contents)."""
+        return None if self.ids is None else self.ids.tolist()
+
     def subset(self, idx: torch.Tensor) -> "TensorSplit":
         masks = None if self.masks is None else {k: v[idx] for k, v in self.masks.items()}
-        return TensorSplit(self.x[idx], {k: v[idx] for k, v in self.targets.items()}, masks)
+        return TensorSplit(self.x[idx], {k: v[idx] for k, v in self.targets.items()}, masks,
+                           None if self.ids is None else self.ids[idx])
 
     def select_tasks(self, names: Sequence[str]) -> "TensorSplit":
         masks = None if self.masks is None else {k: self.masks[k] for k in names}
-        return TensorSplit(self.x, {k: self.targets[k] for k in names}, masks)
+        return TensorSplit(self.x, {k: self.targets[k] for k in names}, masks, self.ids)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None, drop_last: bool = False) -> Iterator[Batch]:
@@ -166,6 +173,12 @@ class DatasetSplit:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def sample_ids(self) -> Optional[list]:
+        """Each sample's identity (``dataset.sample_id(i)``, e.g. its file), or None when the
+        dataset gives none."""
+        fn = getattr(self.dataset, "sample_id", None)
+        return None if fn is None else [fn(int(i)) for i in self.indices]
 
     def subset(self, idx) -> "DatasetSplit":
         return DatasetSplit(self.dataset, self.indices[torch.as_tensor(idx)], self.tasks, **self._loader_opts)

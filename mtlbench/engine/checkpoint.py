@@ -54,6 +54,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_events: dict = {}
+
+
+def fault_point(event: str) -> None:
+    """Fault injection for the kill tests and ``bench faults``: with the environment variable
+    ``MTLBENCH_KILL_AT="<event>:<n>"`` this process SIGKILLs itself at the n-th time it
+    reaches ``event`` (``pt``: a checkpoint's .pt written, its sidecar not yet; ``save``: a
+    checkpoint complete). Does nothing otherwise."""
+    spec = os.environ.get("MTLBENCH_KILL_AT")
+    if not spec:
+        return
+    _events[event] = _events.get(event, 0) + 1
+    name, _, n = spec.partition(":")
+    if name == event and str(_events[event]) == n:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -88,9 +107,11 @@ class CheckpointSlot:
         buf = io.BytesIO()
         torch.save({"version": VERSION, **state}, buf)
         _atomic_bytes(self.path, buf.getvalue())
+        fault_point("pt")
         meta = {"epoch": state["epoch"], "step": state["step"], "done": bool(state.get("done")),
                 "log_bytes": log_bytes}
         _atomic_bytes(self.meta_path, json.dumps(meta).encode())
+        fault_point("save")
 
     def load(self) -> Optional[dict]:
         """The saved state, or None when there is none (a .pt without its sidecar is an

@@ -87,9 +87,13 @@ def compose(overrides: Sequence[str] = ()) -> dict:
 
 def config_node(group: str, name: str) -> dict:
     """One config group's node as a run would get it (``conf/<group>/<name>.yaml``)."""
-    if name not in options(group):
-        raise ValueError(f"unknown {group} '{name}'; known {group}s: {', '.join(options(group))}")
-    return compose([f"{group}={name}"])[group]
+    from hydra.errors import HydraException
+
+    try:
+        return compose([f"{group}={name}"])[group]
+    except HydraException:
+        raise ValueError(f"unknown {group} '{name}'; known {group}s: {', '.join(options(group))} "
+                         f"(or a config on hydra.searchpath)") from None
 
 
 @functools.lru_cache(maxsize=None)

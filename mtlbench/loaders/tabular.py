@@ -135,7 +135,7 @@ def pooled_splits(x: np.ndarray, y: np.ndarray, task_of_row: np.ndarray, names: 
                 t = (t - mu) / sd
             targets[name] = torch.where(m, t, torch.zeros_like(t))
             masks[name] = m
-        out[split] = TensorSplit(xs, targets, masks)
+        out[split] = TensorSplit(xs, targets, masks, ids=torch.from_numpy(np.asarray(rows, dtype=np.int64)))
     return out
 
 
@@ -146,7 +146,8 @@ def dense_splits(x: np.ndarray, y: np.ndarray, names: Sequence[str], index: Dict
     out = {}
     for split, rows in index.items():
         xs = torch.from_numpy(((x[rows] - mean) / std).astype(np.float32))
-        out[split] = TensorSplit(xs, {n: torch.from_numpy(y[rows, k].astype(np.float32)) for k, n in enumerate(names)})
+        out[split] = TensorSplit(xs, {n: torch.from_numpy(y[rows, k].astype(np.float32)) for k, n in enumerate(names)},
+                                 ids=torch.from_numpy(np.asarray(rows, dtype=np.int64)))
     return out
 
 
