@@ -61,11 +61,7 @@ def execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False) -> dic
     main = dctx.is_main
     say = (lambda *a: None) if quiet or not main else (lambda *a: print("[mtlbench]", *a, flush=True))
     method, dataset, seed = method_name(c), c["dataset"]["name"], int(c["seed"])
-    for reg, node in ((ARCHS, "arch"), (BALANCERS, "balancer"), (PROCEDURES, "procedure"), (DATASETS, "dataset")):
-        reg.get(c[node]["name"])  # unknown names fail here, before anything is written
-    check = Trainer(**c["trainer"])  # so do bad trainer settings, and parts that refuse torchrun
-    check.dist = dctx
-    check.check_distributed(PROCEDURES.get(c["procedure"]["name"]), BALANCERS.get(c["balancer"]["name"]))
+    check_config(c, dctx)
     run_id = f"s{seed}-{config_hash(c)}"
     folder = RunFolder(c["results_dir"], dataset, method, run_id)
     if folder.is_completed():
@@ -101,10 +97,36 @@ def execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False) -> dic
             _write_failed(folder, c, method, run_id, started, exc)
             folder.release()
         raise
+    record = run_record(c, result, data, run_id, method, started, time.perf_counter() - t0)
+    if dctx.active:
+        record["world_size"] = dctx.world
+    if not main:
+        return record
+    atomic_write_json(folder.run_json, record)
+    shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)  # only for resuming an unfinished run
+    folder.release()
+    shown = " ".join(f"{t}.{m}={v:.4f}" for t, ms in result.fit.test.items() for m, v in ms.items())
+    say(f"test: {shown}")
+    say(f"run.json: {folder.run_json}")
+    return record
+
+
+def check_config(c: dict, dctx) -> None:
+    """Unknown names, bad trainer settings and parts that refuse torchrun fail here, before
+    anything is written."""
+    for reg, node in ((ARCHS, "arch"), (BALANCERS, "balancer"), (PROCEDURES, "procedure"), (DATASETS, "dataset")):
+        reg.get(c[node]["name"])
+    check = Trainer(**c["trainer"])
+    check.dist = dctx
+    check.check_distributed(PROCEDURES.get(c["procedure"]["name"]), BALANCERS.get(c["balancer"]["name"]))
+
+
+def run_record(c: dict, result, data, run_id: str, method: str, started: str, wall: float) -> dict:
+    """run.json of a completed run."""
     fit, model = result.fit, result.model
-    record = {
-        "status": "completed", "run_id": run_id, "method": method, "dataset": dataset, "seed": seed,
-        "tasks": data.task_names,
+    return {
+        "status": "completed", "run_id": run_id, "method": method, "dataset": c["dataset"]["name"],
+        "seed": int(c["seed"]), "tasks": data.task_names,
         "metrics": {"test": fit.test, "val": fit.val},
         "losses": {"test": fit.test_losses, "val": fit.val_losses,
                    "train": fit.history[-1]["train_loss"] if fit.history else {}},
@@ -117,22 +139,11 @@ def execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False) -> dic
         "role": c.get("role") or "main",  # "candidate": a task-grouping candidate, never in reports
         "selection": {"mode": c["trainer"]["selection"], "epoch": fit.selected_epoch},
         "epochs": len(fit.history), "data_sizes": data.sizes(),
-        "wall_time_s": round(time.perf_counter() - t0, 3), "train_time_s": round(fit.wall_time_s, 3),
+        "wall_time_s": round(wall, 3), "train_time_s": round(fit.wall_time_s, 3),
         "started_at": started, "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(next(model.parameters()).device), "versions": versions(), "git_commit": git_commit(),
         "procedure_info": result.info, "config_hash": config_hash(c),
     }
-    if dctx.active:
-        record["world_size"] = dctx.world
-    if not main:
-        return record
-    atomic_write_json(folder.run_json, record)
-    shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)  # only for resuming an unfinished run
-    folder.release()
-    shown = " ".join(f"{t}.{m}={v:.4f}" for t, ms in fit.test.items() for m, v in ms.items())
-    say(f"test: {shown}")
-    say(f"run.json: {folder.run_json}")
-    return record
 
 
 def _child(cfg: dict):
