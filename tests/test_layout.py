@@ -85,3 +85,27 @@ def test_torch_requirement_has_an_upper_bound():
     torch_reqs = [r for r in project["dependencies"] if re.match(r"^torch\b(?![\w-])", r)]
     assert len(torch_reqs) == 1, project["dependencies"]
     assert "<" in torch_reqs[0]
+
+
+def test_readme_architecture_lists_every_module():
+    """README's architecture section names every framework module (by file name within its
+    folder's line) and every subpackage."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Architecture"):readme.index("## Adding a method")]
+    missing = []
+    for p in sorted((REPO / "mtlbench").rglob("*.py")):
+        rel = p.relative_to(REPO / "mtlbench")
+        if p.name == "__init__.py" or rel.parts[0] == "conf" or p.name == "__main__.py":
+            continue
+        if p.stem not in section:
+            missing.append(str(rel))
+    for sub in (p for p in (REPO / "mtlbench").iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+        if f"{sub.name}/" not in section:
+            missing.append(sub.name + "/")
+    assert not missing, f"README architecture section misses {missing}"
+
+
+def test_framework_files_stay_small():
+    big = [f"{p.relative_to(REPO)} ({n} lines)" for d in SOURCE_DIRS for p in (REPO / d).rglob("*.py")
+           if (n := len(p.read_text().splitlines())) > 420]
+    assert not big, big

@@ -103,8 +103,9 @@ def precompose(args: List[str]) -> Optional[str]:
 
     if any(a.startswith("-") for a in args):  # -m, --cfg, --help...: Hydra's own handling
         return None
-    from mtlbench.engine.configs import register_defaults
+    from mtlbench.engine.configs import register_defaults, searchpath_of, set_searchpath
 
+    set_searchpath(searchpath_of(args))
     register_defaults()
     try:
         with initialize_config_module("mtlbench.conf", version_base=None):
@@ -139,8 +140,12 @@ def run_cli(args: List[str]) -> int:
     _failures.clear()
     import tempfile
 
-    from mtlbench.engine.configs import register_defaults
+    from mtlbench.engine.configs import register_defaults, searchpath_of, set_searchpath
 
+    try:
+        set_searchpath(searchpath_of(args))
+    except Exception:  # an unparsable override: Hydra reports it below
+        set_searchpath([])
     register_defaults()  # registered plugins without a YAML compose with their defaults
 
     fd, failures_file = tempfile.mkstemp(prefix="mtlbench-failures-", suffix=".txt")
@@ -157,6 +162,7 @@ def run_cli(args: List[str]) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc.code)
     finally:
         sys.argv = saved
+        set_searchpath([])
         os.environ.pop("MTLBENCH_FAILURES", None)
         with open(failures_file) as f:
             failed = len(f.read().splitlines())

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
@@ -32,32 +33,65 @@ def set_searchpath(paths: Sequence[str]) -> None:
     preset_choices.cache_clear()
 
 
+def searchpath_of(overrides: Sequence[str]) -> List[str]:
+    """The ``hydra.searchpath=[...]`` entries of command-line overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides([a for a in overrides if not a.startswith("-")]):
+        if o.key_or_group.lstrip("+") == "hydra.searchpath":
+            value = o.value()
+            return [str(v) for v in (value if isinstance(value, list) else [value])]
+    return []
+
+
 def registry_of(group: str):
     from mtlbench.core.registry import ALL
 
     return ALL[group]
 
 
+_registered: set = set()
+
+
 def register_defaults() -> None:
-    """Give every registered name without a YAML a ConfigStore node ``{name: <name>}``."""
+    """Give every registered name without a YAML (in the package or on the search path) a
+    ConfigStore node ``{name: <name>}``."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     for group in GROUPS:
         known = set(yaml_options(group))
         for name in registry_of(group).names():
-            if name not in known:
-                node = {"name": name} if group != "dataset" else {"dataset": {"name": name, "root": None,
-                                                                               "split_seed": 0, "limit": None,
-                                                                               "tasks": None}}
-                cs.store(group=group, name=name, node=node, package=None if group != "dataset" else "_global_")
+            key = (group, name)
+            if name in known:
+                if key in _registered:  # a config file appeared on the search path: it wins
+                    cs.repo.get(group, {}).pop(f"{name}.yaml", None)
+                    _registered.discard(key)
+                continue
+            node = {"name": name} if group != "dataset" else {"dataset": {"name": name, "root": None,
+                                                                           "split_seed": 0, "limit": None,
+                                                                           "tasks": None}}
+            cs.store(group=group, name=name, node=node, package=None if group != "dataset" else "_global_")
+            _registered.add(key)
 
 
-def yaml_options(group: str) -> List[str]:
+def yaml_options(group: str, package_only: bool = False) -> List[str]:
+    """The YAML files of a config group in ``mtlbench/conf`` (and on the search path)."""
     from importlib import resources
 
-    root = resources.files("mtlbench.conf") / group
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    roots = [resources.files("mtlbench.conf")]
+    for entry in [] if package_only else _searchpath:
+        kind, _, where = entry.partition("://")
+        try:
+            roots.append(Path(where) if kind == "file" else resources.files(where) if kind == "pkg" else None)
+        except (ModuleNotFoundError, TypeError):
+            continue
+    names = set()
+    for root in (r for r in roots if r is not None):
+        folder = root / group
+        if folder.is_dir():
+            names |= {q.name[:-5] for q in folder.iterdir() if q.name.endswith(".yaml")}
+    return sorted(names)
 
 
 def options(group: str) -> List[str]:
