@@ -47,10 +47,12 @@ Feature vectors (residual MLP backbone): the same with linear layers (g = Linear
 Linear -> sigmoid, proj = Linear -> ReLU; no BatchNorm so batches of one sample train).
 
 ``shared_parameters()``: the backbone plus the shared projections (used by every task);
-``task_parameters(t)``: those plus t's masks and head. The shared representation (for
-balancers that use one) is the shared trunk's output f^S, which every task's last mask
-multiplies. ``forward_tasks(x, tasks, return_masks=True)`` also returns
-``{task: [a^1, ..., a^S]}``.
+``task_parameters(t)``: those plus t's masks and head. MTAN has no shared representation
+in the sense of the model contract (a tensor every shared parameter reaches the outputs
+through): each stage's masks read that stage's shared features, so the shared trunk's
+output f^S carries only part of the shared gradient; representation-based balancers (MGDA-UB)
+therefore use the shared parameters on MTAN (exact, one gradient per task).
+``forward_tasks(x, tasks, return_masks=True)`` also returns ``{task: [a^1, ..., a^S]}``.
 """
 from __future__ import annotations
 
@@ -238,11 +240,6 @@ class MTAN(MTLModel):
         ``{task: [mask per stage]}`` (each in (0, 1), shaped like the stage's features)."""
         preds, _, all_masks = self._forward(x, tasks)
         return (preds, all_masks) if return_masks else preds
-
-    def forward_representation(self, x, tasks: Sequence[str]):
-        """Predictions and the shared trunk's output (the last stage's features f^S)."""
-        preds, taps, _ = self._forward(x, tasks)
-        return preds, taps[-1][1]
 
     def _forward(self, x, tasks):
         taps = self.shared_features(x)

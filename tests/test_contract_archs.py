@@ -63,10 +63,15 @@ def test_forward_tasks_returns_exactly_the_subset(built):
             torch.testing.assert_close(out[t], full[t])
     preds, rep = model(x, representation=True)
     assert set(preds) == set(model.task_names)
-    if rep is not None:  # the shared representation: every task's prediction depends on it
+    if rep is not None:  # a cut: each task's shared gradient flows through the representation
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
         for t in model.task_names:
-            (g,) = torch.autograd.grad(preds[t].sum(), rep, retain_graph=True, allow_unused=True)
-            assert g is not None and torch.count_nonzero(g) > 0, t
+            loss = preds[t].square().sum()
+            direct = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            (g_rep,) = torch.autograd.grad(loss, rep, retain_graph=True)
+            via = torch.autograd.grad(rep, shared, grad_outputs=g_rep, retain_graph=True, allow_unused=True)
+            for d, v in zip(direct, via):
+                torch.testing.assert_close(torch.zeros(()) if d is None else d, torch.zeros(()) if v is None else v)
 
 
 def test_a_task_loss_reaches_only_shared_and_its_own_parameters(built):

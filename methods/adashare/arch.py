@@ -142,9 +142,10 @@ class AdaShare(MTLModel):
 
     # ------------------------------------------------------------------ forward
     def forward_representation(self, x, tasks: Sequence[str]):
-        """Predictions and the shared representation: the deepest features every requested
-        task's path reads (the backbone output in shared mode; the output of the blocks
-        before the curriculum while searching; the end of the common prefix of a fixed policy)."""
+        """Predictions and the shared representation: the backbone output in shared mode (the
+        warm-up: hard sharing). While searching and with a fixed policy there is none (blocks
+        after any common prefix are still shared by several tasks, so no single tensor carries
+        every shared gradient)."""
         if self.mode == "shared":
             feats = self.backbone(x)
             return {t: self.heads[t](feats) for t in tasks}, feats
@@ -171,12 +172,11 @@ class AdaShare(MTLModel):
                     f, s = block(ht, st), block.shortcut(ht)
                 ht = s + u[l] * (f - s)
             out[t] = self.heads[t](ht)
-        return out, h
+        return out, None
 
     def _forward_tree(self, x, tasks, policy: torch.Tensor):
         rows = policy.tolist()
         groups = [(list(tasks), self.backbone.stem(x), {})]
-        shared = groups[0][1]
         for l, block in enumerate(self.backbone.blocks):
             nxt = []
             for names, h, st in groups:
@@ -187,13 +187,11 @@ class AdaShare(MTLModel):
                 if sk:
                     nxt.append((sk, block.shortcut(h), st))
             groups = nxt
-            if len(groups) == 1:
-                shared = groups[0][1]
         out = {}
         for names, h, _ in groups:
             for t in names:
                 out[t] = self.heads[t](h)
-        return {t: out[t] for t in tasks}, shared
+        return {t: out[t] for t in tasks}, None
 
     # ------------------------------------------------------------------ parameters
     def block_parameters(self, l: int, execute: bool) -> List[nn.Parameter]:

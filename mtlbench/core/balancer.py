@@ -77,6 +77,11 @@ class BalancerContext:
         """``loss.backward()``, times the AMP loss scale under fp16."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward(retain_graph=retain_graph)
 
+    def backward_from(self, tensor: torch.Tensor, grad: torch.Tensor) -> None:
+        """Back-propagate ``grad`` (an unscaled gradient w.r.t. ``tensor``, e.g. an aggregated
+        gradient of the shared representation) into the parameters below it."""
+        tensor.backward((grad * self.scale()).to(tensor.dtype))
+
     # ------------------------------------------------------------------ per-task gradients
     def grads(self, losses: Sequence[torch.Tensor], wrt: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-task gradients [K, D] (float32, flattened and concatenated over ``wrt``) of the

@@ -8,9 +8,13 @@ What an architecture implements (``MTLModel``):
 
 * ``forward_tasks(x, tasks) -> {task: prediction}`` for the tasks asked for, computing no
   more than they need; or ``forward_representation(x, tasks) -> (predictions,
-  representation)`` when the architecture has a shared representation (one tensor every
-  task head depends on: hard sharing's backbone output, MTAN's shared trunk output,
-  AdaShare's shared prefix). Implement either; the other follows. ``model(x)`` gives all
+  representation)`` when the architecture has a shared representation: a tensor every
+  shared parameter reaches the predictions through, with only task-specific parameters
+  after it (a cut of the graph: hard sharing's backbone output, AdaShare's in its shared
+  warm-up). The gradient of a task loss w.r.t. the shared parameters then equals the
+  back-propagation of its gradient w.r.t. the representation (a contract test checks it),
+  which is what representation-based balancers (MGDA-UB, gradient surgery on z) rely on.
+  Implement either; the other follows. ``model(x)`` gives all
   tasks' predictions; ``model(x, representation=True)`` the pair (the trainer asks for it
   only when the balancer declares ``needs_representation``). The representation is a
   return value, never a side effect of the forward pass.
