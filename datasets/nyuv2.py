@@ -325,8 +325,8 @@ def _adashare_items(root: Path, split_seed: int, test_fraction: float):
 @DATASETS.register("nyuv2")
 def nyuv2(root=None, split_seed: int = 0, format: str = "auto", val_fraction: float = 0.1,
           test_fraction: float = NYU_TEST_FRACTION, resize=None, augment: bool = True,
-          scales: Sequence[float] = (1.0, 1.2, 1.5), num_workers: int = 0, upsample_align_corners: bool = True, metric_aggregation: str = "pixel",
-          miou_classes: str = "union") -> MTLData:
+          scales: Sequence[float] = (1.0, 1.2, 1.5), num_workers: int = 0, upsample_align_corners: bool = True,
+          metric_aggregation: str = "pixel", miou_classes: str = "union") -> MTLData:
     conv = DenseConventions(upsample_align_corners, metric_aggregation, miou_classes)
     if format not in ("auto", "mtan", "adashare"):
         raise DataError(f"dataset.format must be auto, mtan or adashare (got {format!r})")

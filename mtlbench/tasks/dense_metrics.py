@@ -165,8 +165,8 @@ class DenseGroup(MetricGroup):
             self.count = self.count + n
             return
         has = n > 0
-        values = torch.cat([s / n.clamp_min(1).to(dt), torch.stack([v.to(dt) for v in batch])]) if batch else \
-            s / n.clamp_min(1).to(dt)
+        means = s / n.clamp_min(1).to(dt)
+        values = torch.cat([means, torch.stack([v.to(dt) for v in batch])]) if batch else means
         self.batch_values = self.batch_values.to(dt) + torch.where(has, values, 0.0)
         self.batches = self.batches + has.long()
 
