@@ -7,8 +7,8 @@ Two balancings:
 * loss scale: every task trains on log(L_k + ε) (ε = 1e-8), whose gradient ∇L_k/(L_k + ε)
   does not depend on the loss's unit;
 * gradient magnitude: an exponential moving average of each task's log-loss gradient,
-  ĝ_k ← g_k + β_t (ĝ_k − g_k) with β_t = β / t^σ (t: the step, from 1; ĝ starts at 0), then
-  every task is rescaled to the largest norm:
+  ĝ_k ← g_k + β_t (ĝ_k − g_k) with β_t = β / t^σ (t: the step, from 1; ĝ starts at 0;
+  bias-corrected, see below), then every task is rescaled to the largest norm:
 
       d = Σ_k α_k ĝ_k,   α_k = max_j ‖ĝ_j‖ / (‖ĝ_k‖ + ε).
 
@@ -22,8 +22,12 @@ different batches has no meaning). Cost: the T gradient passes of ``GradientBala
 a [T, D] float32 EMA buffer (D = number of shared parameters), kept as a declared state field
 (created at the first step, so its size follows the model).
 
-Deviations: a task absent from the batch keeps its EMA row unchanged for that step and is
-left out of the max and the sum (the reference would fold a zero gradient into the EMA).
+Deviations: the EMA is bias-corrected as Adam's moments are, ĝ_k / (1 − Π_{s≤t} β_s): with
+its zero start, the reference's shared gradient is (1 − β) = 0.1x the heads' at step 1,
+0.19x at step 2, ... (a warm-up the paper does not describe) and identical tasks would not
+give equal weighting's update; with σ = 0 the correction fades as 1 − 0.9^t. A task absent
+from the batch keeps its EMA row unchanged for that step and is left out of the max and the
+sum (the reference would fold a zero gradient into the EMA).
 DDP: ``distributed = False``. Logged: ``weights()`` = the epoch-mean α_k.
 """
 from __future__ import annotations
@@ -54,13 +58,17 @@ class DBMTL(CombinationBalancer):
             raise ValueError(f"balancer.beta must be in [0, 1) (got {beta!r})")
         self.beta_sigma = positive_float("beta_sigma", beta_sigma, allow_zero=True)
         self.register_buffer("ema_step", torch.zeros(()))
+        self.register_buffer("beta_prod", torch.ones((), dtype=torch.float64))  # Π_s β_s (the EMA's bias)
         self._ema: Optional[torch.Tensor] = None
 
     def aggregate(self, grads, losses):
         idx = self.active_index
         g = grads / (losses + EPS).unsqueeze(1)
         self.ema_step += 1
-        beta = self.beta / self.ema_step.to(g.device) ** self.beta_sigma
+        beta = self.beta / self.ema_step.double() ** self.beta_sigma
+        self.beta_prod *= beta
+        unbias = (1 - self.beta_prod).float().to(g.device)
+        beta = beta.float().to(g.device)
         shape = (len(self.task_names), g.shape[1])
         if self._ema is None or tuple(self._ema.shape) != shape:
             self._ema = torch.zeros(shape, device=g.device)
@@ -68,6 +76,7 @@ class DBMTL(CombinationBalancer):
         rows = g + beta * (ema[idx] - g)
         ema[idx] = rows
         self._ema = ema
+        rows = rows / unbias
         norms = rows.norm(dim=1)
         alpha = norms.max() / (norms + EPS)
         self.note(alpha)

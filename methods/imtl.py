@@ -17,6 +17,13 @@ compared with LibMTL ``LibMTL/weighting/IMTL.py`` (IMTL-H) and Nash-MTL's
 Heads: each head the gradient of its (scaled) loss, weight 1, as in the paper and LibMTL
 (Nash-MTL's IMTLG weights the heads by α too).
 
+Scale (a deviation): the shared update is K·Σ_k α_k g_k, i.e. α summing to K where the paper
+and LibMTL sum to 1. It is a constant factor K on the shared gradient only (Adam ignores it;
+for SGD it is a shared-part learning rate) and keeps the shared/heads balance of equal
+weighting (K losses summed): with Σ α = 1 the shared part would get 1/K of the heads'
+relative step, and identical tasks would not give equal weighting's update (the property
+every balancer here keeps). The same "to match the sum loss" factor CAGrad's authors apply.
+
 Solver: the conditions g·u_k = λ for all k and Σ α = 1 are one (K+1)×(K+1) linear system in
 (α, λ) built from the Gram matrix (M_kj = u_k·g_j); solved by least squares in float64 on the
 host (one device→host copy per step). When D Uᵀ is invertible this is exactly the closed
@@ -31,7 +38,7 @@ representation mode sums them over the batch) or ``parameters`` (LibMTL's defaul
 Deviations: a task absent from the batch is left out of α and its s_k gets no gradient
 (LibMTL would move it by the regulariser's −1). The gradient of s_k, e^{s_k} L_k − 1, is
 written directly (the T gradient passes do not reach s). DDP: ``distributed = False``.
-Logged: ``weights()`` = the epoch-mean α (ones for ``variant: loss``); ``epoch_end`` → the
+Logged: ``weights()`` = the epoch-mean K·α (ones for ``variant: loss``); ``epoch_end`` → the
 loss scales e^{s_k}.
 """
 from __future__ import annotations
@@ -92,7 +99,7 @@ class IMTL(CombinationBalancer):
         if self.variant == "loss":
             return self.combine_rows(np.ones(len(grads)), grads), None
         (gram,) = host_gram(grads)
-        return self.combine_rows(imtl_g_weights(gram), grads), None
+        return self.combine_rows(len(gram) * imtl_g_weights(gram), grads), None
 
     def epoch_end(self, train_losses):
         state = super().epoch_end(train_losses)

@@ -37,6 +37,7 @@ class RLW(LossWeighting):
     """``distribution``: normal (softmax of N(0, I)) | dirichlet (Dir(``concentration``))."""
 
     state_fields = LossWeighting.state_fields + ("generator",)
+    random_task_weights = True  # identical tasks get different weights by design (see the contract tests)
 
     def __init__(self, task_names, distribution: str = "normal", concentration: float = 1.0):
         super().__init__(task_names)
