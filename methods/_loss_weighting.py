@@ -35,18 +35,18 @@ def run_generator() -> torch.Generator:
 
 
 def adam_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-              step: torch.Tensor, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
-              eps: float = 1e-8) -> None:
-    """One Adam step on ``param`` in place (``step`` counts steps, a 0-d tensor)."""
+              step: int, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> int:
+    """One Adam step on ``param`` in place; ``step``: the steps done before; returns step + 1
+    (a Python int: the bias corrections are host scalars, no extra device ops)."""
     b1, b2 = betas
     step += 1
     if weight_decay:
         grad = grad + weight_decay * param
-    exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
+    exp_avg.lerp_(grad, 1 - b1)
     exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-    bias1 = 1 - b1 ** step
-    bias2_sqrt = (1 - b2 ** step).sqrt()
-    param.sub_(lr * exp_avg / bias1 / (exp_avg_sq.sqrt() / bias2_sqrt + eps))
+    denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - b2 ** step)).add_(eps)
+    param.addcdiv_(exp_avg, denom, value=-lr / (1 - b1 ** step))
+    return step
 
 
 class LossWeighting(Balancer):

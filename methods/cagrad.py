@@ -41,14 +41,26 @@ import math
 import numpy as np
 from scipy.optimize import minimize
 
-try:  # installed with scikit-learn (a dependency); without it the solver just runs unthrottled
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    from contextlib import nullcontext as threadpool_limits  # type: ignore[assignment]
+from contextlib import nullcontext
 
 from mtlbench.core.registry import BALANCERS
 from mtlbench.methods._combination import CombinationBalancer, host_gram
 from mtlbench.methods._loss_weighting import positive_float
+
+_CONTROLLER = []
+
+
+def one_blas_thread():
+    """A context limiting BLAS to one thread (threadpoolctl, installed with scikit-learn; the
+    controller is built once: building it reads the loaded libraries, ~1 ms)."""
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _CONTROLLER.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - then the solver just runs unthrottled
+            _CONTROLLER.append(None)
+    return nullcontext() if _CONTROLLER[0] is None else _CONTROLLER[0].limit(limits=1)
+
 
 RESCALE = {0: lambda c: 1.0, 1: lambda c: 1.0 + c * c, 2: lambda c: 1.0 + c}
 
@@ -64,7 +76,7 @@ def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
         q = max(float(w @ a @ w), 1e-30)
         return float(w @ ab) + radius * math.sqrt(q), ab + radius * (a @ w) / math.sqrt(q)
 
-    with threadpool_limits(1):  # T×T problems: BLAS threads only contend (10-100x slower on a busy host)
+    with one_blas_thread():  # T×T problems: BLAS threads only contend (10-100x slower on a busy host)
         res = minimize(fun, np.full(t, 1.0 / t), jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * t,
                        constraints=({"type": "eq", "fun": lambda w: 1.0 - w.sum(), "jac": lambda w: -np.ones(t)},),
                        options={"ftol": 1e-12, "maxiter": 200})

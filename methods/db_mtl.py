@@ -1,5 +1,5 @@
-"""DB-MTL, dual balancing (Lin, Jiang, Ye, Zhang, Chen, Chen, Zhang & Kwok, "Dual-Balancing
-for Multi-Task Learning", arXiv 2308.12029, 2023). Reference code: LibMTL
+"""DB-MTL, dual balancing (Lin et al., "Dual-Balancing for Multi-Task Learning", arXiv
+2308.12029, 2023). Reference code: LibMTL
 ``LibMTL/weighting/DB_MTL.py`` (by the authors), defaults from ``LibMTL/config.py``.
 
 Two balancings:
@@ -63,7 +63,7 @@ class DBMTL(CombinationBalancer):
 
     def aggregate(self, grads, losses):
         idx = self.active_index
-        g = grads / (losses + EPS).unsqueeze(1)
+        g = grads / (losses + EPS).unsqueeze(1)                  # ∇ log(L + ε)
         self.ema_step += 1
         beta = self.beta / self.ema_step.double() ** self.beta_sigma
         self.beta_prod *= beta
@@ -72,12 +72,14 @@ class DBMTL(CombinationBalancer):
         shape = (len(self.task_names), g.shape[1])
         if self._ema is None or tuple(self._ema.shape) != shape:
             self._ema = torch.zeros(shape, device=g.device)
-        ema = self._ema.to(g.device)
-        rows = g + beta * (ema[idx] - g)
-        ema[idx] = rows
-        self._ema = ema
-        rows = rows / unbias
-        norms = rows.norm(dim=1)
+        elif self._ema.device != g.device:
+            self._ema = self._ema.to(g.device)
+        if len(idx) == shape[0]:                                  # every task present: in place
+            rows = self._ema.lerp_(g, 1 - beta)                   # g + β (ĝ − g)
+        else:
+            rows = torch.lerp(g, self._ema[idx], beta)
+            self._ema.index_copy_(0, idx, rows)
+        norms = rows.norm(dim=1) / unbias
         alpha = norms.max() / (norms + EPS)
         self.note(alpha)
-        return alpha @ rows, 1.0 / (losses + EPS)
+        return (alpha / unbias) @ rows, 1.0 / (losses + EPS)

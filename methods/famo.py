@@ -33,9 +33,10 @@ Deviations:
   renormalised over the tasks present) and of the ξ update (δ over the tasks present at both
   steps, softmax Jacobian of the renormalised z), where the references would divide by ε.
 
-Mode: none (loss-scale, one backward). DDP: ``distributed = False``. State (buffers): ξ,
-its Adam moments and step, the previous step's losses; the "has a previous step" flag is a
-declared state field. Logged: ``weights()`` = epoch-mean w; ``epoch_end`` → ``{"z": z}``.
+Mode: none (loss-scale, one backward). DDP: ``distributed = False``. State: ξ, its Adam
+moments and the previous step's log-losses are buffers; the Adam step count and the "has a
+previous step" flag are declared state fields. Logged: ``weights()`` = epoch-mean w;
+``epoch_end`` → ``{"z": z}``.
 """
 from __future__ import annotations
 
@@ -48,11 +49,11 @@ EPS = 1e-8
 
 
 def softmax_vjp(z: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Gradient w.r.t. ξ of ⟨softmax restricted to ``mask``, δ⟩ (z = softmax(ξ)); with every
-    task in ``mask`` it is z ⊙ (δ − zᵀδ)."""
-    zm = torch.where(mask, z, 0.0)
-    zm = zm / zm.sum().clamp_min(torch.finfo(z.dtype).tiny)
-    dm = torch.where(mask, delta, 0.0)
+    """Gradient w.r.t. ξ of ⟨softmax restricted to ``mask`` (float 0/1), δ⟩ (z = softmax(ξ));
+    with every task in ``mask`` it is z ⊙ (δ − zᵀδ)."""
+    zm = z * mask
+    zm = zm / zm.sum().clamp_min(1e-30)
+    dm = delta * mask
     return zm * (dm - (zm * dm).sum())
 
 
@@ -61,7 +62,7 @@ class FAMO(LossWeighting):
     """``lr``: ξ's Adam learning rate (0.025); ``gamma``: its weight decay (1e-3);
     ``min_loss``: the lower bound b subtracted from every loss (0)."""
 
-    state_fields = LossWeighting.state_fields + ("_has_prev",)
+    state_fields = LossWeighting.state_fields + ("_has_prev", "_adam_steps")
 
     def __init__(self, task_names, lr: float = 0.025, gamma: float = 1e-3, min_loss: float = 0.0):
         super().__init__(task_names)
@@ -72,32 +73,25 @@ class FAMO(LossWeighting):
         self.register_buffer("logits", torch.zeros(k))
         self.register_buffer("adam_m", torch.zeros(k))
         self.register_buffer("adam_v", torch.zeros(k))
-        self.register_buffer("adam_step", torch.zeros(()))
-        self.register_buffer("prev_loss", torch.zeros(k))
-        self.register_buffer("prev_present", torch.zeros(k, dtype=torch.bool))
+        self.register_buffer("prev_log", torch.zeros(k))        # log(L − b + ε) of the previous step
+        self.register_buffer("prev_present", torch.zeros(k))     # 1 where that step had the task
         self._has_prev = False
-
-    def log_gap(self, losses: torch.Tensor) -> torch.Tensor:
-        return (losses - self.min_loss + EPS).log()
-
-    def update_logits(self, before, after, mask) -> None:
-        """One ξ step from the losses before and after a model update (tasks in ``mask``)."""
-        delta = torch.where(mask, self.log_gap(before) - self.log_gap(after), 0.0)
-        grad = softmax_vjp(torch.softmax(self.logits, 0), delta, mask)
-        adam_step(self.logits, grad, self.adam_m, self.adam_v, self.adam_step, self.lr, self.gamma)
+        self._adam_steps = 0
 
     def loss_weights(self, losses, present, ctx):
-        cur = losses.detach()
-        if self._has_prev:
-            self.update_logits(self.prev_loss, cur, self.prev_present & present)
-        z = torch.where(present, torch.softmax(self.logits, 0), 0.0)
-        z = z / z.sum().clamp_min(torch.finfo(z.dtype).tiny)
-        gap = torch.where(present, cur - self.min_loss + EPS, 1.0)
-        c = (z / gap).sum()
-        self.prev_loss.copy_(cur)
-        self.prev_present.copy_(present)
+        gap = losses.detach() + (EPS - self.min_loss)            # L − b + ε
+        log_gap = gap.log()
+        here = present.float()
+        if self._has_prev:  # ξ step from the previous step's losses to these (tasks present at both)
+            both = self.prev_present * here
+            grad = softmax_vjp(torch.softmax(self.logits, 0), self.prev_log - log_gap, both)
+            self._adam_steps = adam_step(self.logits, grad, self.adam_m, self.adam_v, self._adam_steps,
+                                         self.lr, self.gamma)
+        q = torch.softmax(self.logits, 0) * here / gap           # z_k / (L_k − b + ε), present tasks
+        self.prev_log.copy_(log_gap)
+        self.prev_present.copy_(here)
         self._has_prev = True
-        return z / (c * gap)
+        return q / q.sum().clamp_min(1e-30)                      # z renormalised over the present cancels in c
 
     def epoch_end(self, train_losses):
         super().epoch_end(train_losses)

@@ -1,6 +1,5 @@
-"""GradDrop, gradient sign dropout (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov,
-"Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout", NeurIPS
-2020). The authors published no code; compared with LibMTL ``LibMTL/weighting/GradDrop.py``
+"""GradDrop, gradient sign dropout (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask
+Models with Gradient Sign Dropout", NeurIPS 2020). The authors published no code; compared with LibMTL ``LibMTL/weighting/GradDrop.py``
 (on the representation) and the parameter-space version in the CAGrad/FAMO authors' code
 (Cranial-XIX/CAGrad ``nyuv2/utils.py``, ``graddrop``).
 

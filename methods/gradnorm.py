@@ -55,6 +55,8 @@ def gradnorm_grad(w, norms, losses, initial, present, alpha: float) -> torch.Ten
 class GradNorm(LossWeighting):
     """``alpha``: the restoring force α (1.5); ``lr``: the weights' Adam learning rate (0.025)."""
 
+    state_fields = LossWeighting.state_fields + ("_adam_steps",)
+
     def __init__(self, task_names, alpha: float = 1.5, lr: float = 0.025):
         super().__init__(task_names)
         self.alpha = positive_float("alpha", alpha, allow_zero=True)
@@ -65,7 +67,7 @@ class GradNorm(LossWeighting):
         self.register_buffer("has_initial", torch.zeros(k, dtype=torch.bool))
         self.register_buffer("adam_m", torch.zeros(k))
         self.register_buffer("adam_v", torch.zeros(k))
-        self.register_buffer("adam_step", torch.zeros(()))
+        self._adam_steps = 0
 
     def loss_weights(self, losses, present, ctx):
         used = self.w.clone()
@@ -77,7 +79,7 @@ class GradNorm(LossWeighting):
             self.initial_loss.copy_(torch.where(first, cur, self.initial_loss))
             self.has_initial |= present
             grad = gradnorm_grad(self.w, norms, cur, self.initial_loss, present, self.alpha)
-            adam_step(self.w, grad, self.adam_m, self.adam_v, self.adam_step, self.lr)
+            self._adam_steps = adam_step(self.w, grad, self.adam_m, self.adam_v, self._adam_steps, self.lr)
             self.w.clamp_(min=0.0)
             self.w.mul_(len(self.task_names) / self.w.sum().clamp_min(torch.finfo(self.w.dtype).tiny))
         return used

@@ -1,5 +1,5 @@
-"""IMTL, impartial multi-task learning (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang,
-"Towards Impartial Multi-task Learning", ICLR 2021). The authors published no code;
+"""IMTL, impartial multi-task learning (Liu et al., "Towards Impartial Multi-task Learning",
+ICLR 2021). The authors published no code;
 compared with LibMTL ``LibMTL/weighting/IMTL.py`` (IMTL-H) and Nash-MTL's
 ``methods/weight_methods.py`` (class ``IMTLG``).
 

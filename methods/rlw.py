@@ -1,5 +1,5 @@
-"""Random Loss Weighting (RLW; Lin, Ye, Xu, Shi & Zhang, "Reasonable Effectiveness of Random
-Weighting: A Litmus Test for Multi-Task Learning", TMLR 2022). Reference code: LibMTL
+"""Random Loss Weighting (RLW; Lin et al., "Reasonable Effectiveness of Random Weighting: A
+Litmus Test for Multi-Task Learning", TMLR 2022). Reference code: LibMTL
 ``LibMTL/weighting/RLW.py`` (by the same authors) and Nash-MTL's ``methods/weight_methods.py``
 (class ``RLW``); both sample the ``normal`` form.
 

@@ -1,5 +1,5 @@
-"""Smooth Tchebycheff scalarisation (STCH; Lin, Zhang, Liu, Zhang & Zhang, "Smooth Tchebycheff
-Scalarization for Multi-Objective Optimization", ICML 2024). Reference code: the authors'
+"""Smooth Tchebycheff scalarisation (STCH; Lin et al., "Smooth Tchebycheff Scalarization for
+Multi-Objective Optimization", ICML 2024). Reference code: the authors'
 Xi-L/STCH ``STCH_MTL/LibMTL/weighting/STCH.py`` (identical to LibMTL's
 ``LibMTL/weighting/STCH.py``), defaults from their ``LibMTL/config.py``.
 
