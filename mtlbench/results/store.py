@@ -27,7 +27,8 @@ NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume
 # too, so adding an option to the configs does not change the id of existing runs.
 NEUTRAL_DEFAULTS = {"trainer.amp": None, "trainer.channels_last": False, "trainer.compile": False,
                     "balancer.mode": "auto", "balancer.heads": "scaled",
-                    "trainer.selection_k": 10}
+                    "trainer.selection_k": 10, "procedure.sharing_form": "log_odds",
+                    "procedure.search_eval_policy": "argmax"}
 
 
 def config_hash(cfg: dict, n: int = 8) -> str:
