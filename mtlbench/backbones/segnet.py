@@ -132,12 +132,12 @@ def segnet(input_shape: Tuple[int, ...], width: int = 64, head: str = "mtan",
 
 
 def mtan_head(task, in_channels: int, head_channels: Optional[int] = None) -> nn.Module:
-    """MTAN's SegNet prediction layer for ``task``: 3x3 conv (bias) -> 1x1 conv (bias),
-    Xavier-normal weights and zero biases (lorenmt/mtan ``conv_layer(pred=True)``)."""
+    """MTAN's SegNet prediction layer for a dense ``task``: 3x3 conv (bias) -> 1x1 conv (bias),
+    Xavier-normal weights and zero biases (lorenmt/mtan ``conv_layer(pred=True)``); a task
+    without output maps (classification) gets its own head, as head options are ignored there."""
     out = getattr(task, "out_channels", None)
     if out is None:
-        raise ValueError(f"segnet head=mtan serves dense tasks only (task '{task.name}' is not one); "
-                         f"set backbone.head=conv")
+        return task.make_head(in_channels)
     hc = int(head_channels or in_channels)
     head = nn.Sequential(nn.Conv2d(in_channels, hc, 3, padding=1), nn.Conv2d(hc, int(out), 1))
     for m in head:
