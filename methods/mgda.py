@@ -5,21 +5,27 @@ Each step finds the minimum-norm point of the convex hull of the per-task gradie
 
     α* = argmin_{α ∈ Δ_K} ‖Σ_k α_k g_k‖²,   Δ_K = {α ≥ 0, Σ_k α_k = 1},
 
-and back-propagates Σ_k α*_k L_k through the whole graph (as their training script does:
-task-specific parameters then receive α_k-scaled gradients too). α* is a common descent
-direction for all tasks, or 0 at a Pareto-stationary point.
+and back-propagates Σ_k α*_k L_k. α* is a common descent direction for all tasks, or 0 at a
+Pareto-stationary point.
+
+Task-specific parameters (``heads``): ``scaled`` (the default, as the reference code,
+``multi_task/train_multi_task.py``: ``loss = Σ_t scale[t]·loss_t; loss.backward()``, so task
+t's head receives α_t·∇L_t) or ``unscaled`` (the paper's Algorithm 2: θ^t ← θ^t − η∇_{θ^t}
+L^t, each task's own parameters, ``ctx.task_specific[t]``, get their task's unscaled
+gradient; the shared parameters still get Σ_k α_k ∇L_k). ``unscaled`` costs one extra
+backward per task through its own parameters only.
 
 Which gradients g_k (recorded per epoch as ``balancer.mode``):
 
 * ``representation`` (MGDA-UB, the paper's "upper bound"): gradients of L_k w.r.t. the
   shared representation z = ``ctx.representation`` (the tensor every head depends on, from
-  the current forward pass: hard sharing's backbone output, MTAN's trunk output,
-  AdaShare's shared prefix), flattened over batch and features into one vector per task,
+  the current forward pass: hard sharing's backbone output, AdaShare's warm-up backbone
+  output), flattened over batch and features into one vector per task,
   as in their code. Only the heads are differentiated: K cheap backward passes.
 * ``parameters`` (plain MGDA): when the architecture has no shared representation
   (cross-stitch), or with ``mode: parameters``, gradients w.r.t. the shared parameters
-  ``ctx.shared``; the Gram matrix is accumulated parameter by parameter (no concatenated
-  copy of the gradients).
+  ``ctx.shared`` (also MTAN and cross-stitch, which have no single shared tensor); the Gram
+  matrix is accumulated parameter by parameter (no concatenated copy of the gradients).
 * ``equal``: no shared representation and no shared parameter (independent networks):
   α_k = 1/K, the simplex centre (the weights still sum to 1).
 
@@ -27,8 +33,11 @@ Gradient normalisation (``normalization``, their ``gradient_normalizers``, appli
 g_k before the solver; α then weights the raw losses): ``none`` (g_k), ``l2``
 (g_k/‖g_k‖), ``loss`` (g_k/L_k), ``loss+`` (g_k/(L_k·‖g_k‖)). Default ``none``: the
 setting the authors report for MultiMNIST (isl-org/MultiObjectiveOptimization issue #14;
-their CelebA sample config uses ``loss+``). |L_k| is used so that a negative loss does
-not flip its gradient.
+their CelebA sample config uses ``loss+``). Deviation: the reference's
+``gradient_normalizers`` (``min_norm_solvers.py``) divide by the signed loss L_k
+(``gn[t] = losses[t]``); mtlbench divides by |L_k|, so that a negative loss (e.g. a
+log-likelihood) does not flip its gradient. For positive losses (cross-entropy, L1/L2)
+both are the same.
 
 Absent tasks: a task whose loss is exactly 0 on the batch (no labelled sample) or whose
 gradient is identically 0 (its loss does not reach the shared tensor) is excluded from
@@ -124,6 +133,7 @@ def min_norm_weights(gram, max_iter: int = 250, tol: float = 1e-10) -> Tuple[np.
 
 
 MODES = ("auto", "representation", "parameters")
+HEADS = ("scaled", "unscaled")
 
 
 def _flat(grads: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
@@ -140,15 +150,19 @@ def _grads(loss: torch.Tensor, inputs: List[torch.Tensor]):
 class MGDA(Balancer):
     """``normalization``: none | l2 | loss | loss+ (see module docstring); ``mode``: auto (the
     representation when the architecture has one, else the shared parameters) |
-    representation | parameters; ``max_iter`` and ``tol``: the Frank-Wolfe budget and
+    representation | parameters; ``heads``: scaled (reference code, default) | unscaled
+    (the paper's Algorithm 2); ``max_iter`` and ``tol``: the Frank-Wolfe budget and
     stopping tolerance (K ≥ 3 tasks)."""
 
     distributed = False  # the Gram matrix of one rank's shard: refuses torchrun (mtlbench.engine.distributed)
     state_fields = ("_modes", "_norm_sum", "_norm_steps", "_epoch_weights")
 
     def __init__(self, task_names, normalization: str = "none", max_iter: int = 250, tol: float = 1e-10,
-                 mode: str = "auto"):
+                 mode: str = "auto", heads: str = "scaled"):
         super().__init__(task_names)
+        if heads not in HEADS:
+            raise ValueError(f"balancer.heads must be one of {list(HEADS)} (got {heads!r})")
+        self.heads = heads
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"balancer.normalization must be one of {list(NORMALIZATIONS)} (got {normalization!r})")
         if mode not in MODES:
@@ -228,8 +242,21 @@ class MGDA(Balancer):
         self.alpha_sum += alpha
         self.steps += 1
         total = (stacked.float() * alpha).sum()
+        own = self._own_gradients(losses, ctx) if self.heads == "unscaled" else []
         ctx.backward(total)  # the AMP loss scale (fp16) applies to the final backward only
+        for p, g in own:     # the paper: each task's own parameters get its unscaled gradient
+            p.grad = g * ctx.scale()
         return total.detach()
+
+    def _own_gradients(self, losses, ctx) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(parameter, ∇_θt L_t) for every task-specific parameter θ_t its task's loss reaches."""
+        out = []
+        for t in self.task_names:
+            params = [p for p in ctx.task_specific.get(t, []) if p.requires_grad]
+            if params and losses[t].requires_grad:
+                grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
+                out += [(p, g) for p, g in zip(params, grads) if g is not None]
+        return out
 
     def _mean_alpha(self) -> Optional[Dict[str, float]]:
         steps = float(self.steps)

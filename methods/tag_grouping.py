@@ -4,10 +4,15 @@ The scalable path of Standley et al. (ICML 2020) with TAG affinities (Fifty et a
 NeurIPS 2021) in place of trained pair networks:
 
 1. one hard-sharing run over ALL tasks records the lookahead inter-task affinity Z
-   (``mtlbench.grouping.affinity``, every ``every`` steps);
-2. ``pair[i, j] = −Z_{j→i}``, ``single = 0`` -> ``mtlbench.grouping.selection.candidate_groups``
-   (``max_size``, ``n_candidates``) plus every singleton -> ``hoa_table`` -> ``select`` under
-   ``budget`` networks (null: ceil(2T / max_size));
+   (``mtlbench.grouping.affinity``, every ``every`` steps; ``lookahead: optimizer`` = the
+   reference's: the training optimiser's own update on the current training batch, batch-norm
+   in training mode, divided by the learning rate; ``sgd_probe`` = mtlbench's earlier fixed
+   SGD step ``lookahead_lr`` on a probe batch in eval mode);
+2. ``pair[i, j] = −Z_{j→i}`` -> ``mtlbench.grouping.tag``: candidates = every task subset for
+   T <= ``exhaustive_max`` (12; the reference enumerates every subset), else every singleton
+   plus the groups ``candidate_groups`` grows (``max_size``, ``n_candidates``); a lone task
+   scores as the reference's −1e6 (``singleton: reference``) or 0 (``singleton: zero``, the
+   earlier rule) -> ``select`` under ``budget`` networks (null: ceil(2T / max_size)), exact;
 3. each chosen group is trained as its own hard-sharing network (the configured balancer
    and trainer; samples labelled for none of its tasks dropped), and every task is served
    by the network the selection assigns it to.
@@ -26,7 +31,8 @@ import torch
 
 from mtlbench.core.procedure import FitResult, Procedure, ProcedureResult
 from mtlbench.core.registry import PROCEDURES
-from mtlbench.grouping.affinity import default_budget, grouping_scores, labelled_subset, tag_affinity, with_singletons
+from mtlbench.grouping.affinity import LOOKAHEADS, default_budget, grouping_scores, labelled_subset, tag_affinity
+from mtlbench.grouping.tag import EXHAUSTIVE_MAX, SINGLETON_RULES, tag_selection_inputs
 from mtlbench.grouping.networks import GroupedNetworks
 
 
@@ -34,13 +40,18 @@ from mtlbench.grouping.networks import GroupedNetworks
 class TagGrouping(Procedure):
     def __init__(self, every: int = 10, lookahead_lr: float = 0.01, probe_per_task: int = 16,
                  probe_size: int = 1024, max_size: int = 8, n_candidates=None, budget=None,
-                 select_method: str = "auto"):
+                 select_method: str = "auto", lookahead: str = "optimizer", singleton: str = "reference",
+                 exhaustive_max: int = EXHAUSTIVE_MAX):
+        for key, val, allowed in (("lookahead", lookahead, LOOKAHEADS), ("singleton", singleton, SINGLETON_RULES)):
+            if val not in allowed:
+                raise ValueError(f"procedure.{key} must be one of {', '.join(allowed)} (got {val!r})")
+        self.lookahead, self.singleton, self.exhaustive_max = lookahead, singleton, int(exhaustive_max)
         self.every, self.lr, self.per_task, self.probe_size = int(every), float(lookahead_lr), probe_per_task, probe_size
         self.max_size, self.budget, self.select_method = int(max_size), budget, select_method
         self.n_candidates = None if n_candidates is None else int(n_candidates)
 
     def __call__(self, ctx) -> ProcedureResult:
-        from mtlbench.grouping.selection import candidate_groups, hoa_table, select
+        from mtlbench.grouping.selection import select
 
         data, names, T = ctx.data, ctx.data.task_names, len(ctx.data.tasks)
         hs = {"name": "hard_sharing"}
@@ -49,13 +60,11 @@ class TagGrouping(Procedure):
         torch.manual_seed(ctx.seed)
         model = ctx.build_model(data.tasks, arch=hs)
         z = tag_affinity(model, ctx.build_balancer(names), data, trainer, ctx.seed, self.every, self.lr,
-                         self.per_task, self.probe_size, on_epoch=ctx.log_epoch)
+                         self.per_task, self.probe_size, on_epoch=ctx.log_epoch, lookahead=self.lookahead)
         t_aff = time.perf_counter() - t0
-        single, pair = grouping_scores(z)
-        groups = with_singletons(candidate_groups(pair, max_size=min(self.max_size, T),
-                                                  n_candidates=self.n_candidates or 20 * T, seed=ctx.seed)
-                                 if T > 1 else [], T)
-        table = hoa_table(names, single, pair, groups)
+        _, pair = grouping_scores(z)
+        table, groups = tag_selection_inputs(names, pair, self.max_size, self.n_candidates or 20 * T,
+                                             self.singleton, self.exhaustive_max, ctx.seed)
         budget = default_budget(T, self.max_size) if self.budget is None else float(self.budget)
         if self.budget is None:  # the default budget is raised to the cheapest cover when needed
             from mtlbench.grouping.search import min_cover_cost
@@ -84,6 +93,8 @@ class TagGrouping(Procedure):
         last = {"epoch": trainer.epochs, "train_loss": {t: rows[sel.assignment[t]]["train_loss"][t] for t in names}}
         fit = FitResult([last], trainer.epochs, val, val_loss, test, test_loss, time.perf_counter() - t0)
         info = {"affinity": np.round(z, 6).tolist(), "n_candidates": len(groups), "budget": budget,
+                "lookahead": self.lookahead, "singleton": self.singleton,
+                "candidates": "exhaustive" if T <= self.exhaustive_max else "generated",
                 "groups": {net: members[net] for net in sel.networks}, "assignment": sel.assignment,
                 "selection": sel.to_dict(), "time_s": {"affinity": round(t_aff, 3), "select": round(t_sel, 3),
                                                       "groups": round(time.perf_counter() - t0 - t_aff - t_sel, 3)}}

@@ -158,7 +158,8 @@ def test_paper_overlays_are_picked_up_per_dataset(dataset, lambdas, speed):
     assert c["backbone"]["name"] == "resnet34" and other.backbone.name != "resnet34"
     assert c["balancer"] == {"name": "static", "weights": lambdas, "default": 1.0}
     proc = PROCEDURES.get("adashare")(**{k: v for k, v in c["procedure"].items() if k != "name"})
-    assert proc.curriculum_speed == speed and proc.retrain_policy == "sample"
+    assert proc.curriculum_speed == speed and proc.retrain_policy == "sample" and proc.retrain_samples == 8
+    assert proc.sharing_form == "reference" and proc.search_eval_policy == "sample"
     assert proc.init_temperature == 5.0 and proc.temperature_decay == 0.965
     assert tiny.trainer.epochs == 1 and tiny.trainer.max_steps_per_epoch == 2  # profile=tiny still wins
     E, steps = c["trainer"]["epochs"], c["procedure"]["weight_steps"]

@@ -152,7 +152,7 @@ def test_head_options_and_bad_options():
     b = resnet34((3, 32, 32), width=4, head="conv", head_channels=32, aspp_rates=[2, 4], aspp_dropout=0)
     assert b.head_options == {"head": "conv", "aspp_rates": (2, 4), "head_channels": 32, "aspp_dropout": 0.0}
     assert BACKBONES.get("small_resnet")((3, 64, 64)).head_options["head"] == "conv"
-    assert segnet((3, 32, 32), width=4).head_options == {"head": "conv"}
+    assert segnet((3, 32, 32), width=4).head_options == {"head": "mtan"}
     for bad in (dict(output_stride=4), dict(head="fcn"), dict(width=0)):
         with pytest.raises(ValueError) as e:
             resnet18((3, 32, 32), **bad)

@@ -158,3 +158,24 @@ def test_stage_rules_and_unsupported_backbones():
 
     with pytest.raises(ValueError, match="cannot attend over a single Odd stage"):
         MTAN(odd_backbone, cls_tasks())
+
+
+def test_segnet_mtan_matches_the_official_nyuv2_model():
+    """lorenmt/mtan im2im_pred/model_segnet_mtan.py, 3 tasks (13 classes, depth, normal), counted
+    by building its SegNet class (count_parameters): 44,229,076 parameters, 3 of them the
+    uncertainty weights ``logsigma`` (here the uw balancer's); model_segnet_single.py
+    (semantic): 24,981,069; the MTAN paper's table gives the ratio 1.77."""
+    shape = (3, 288, 384)
+    cfg = yaml.safe_load((CONF / "backbone" / "segnet.yaml").read_text())
+    arch = yaml.safe_load((CONF / "arch" / "mtan.yaml").read_text())
+    arch.pop("name")
+    tasks = [SegmentationTask("seg", num_classes=13), DepthTask("depth"), NormalTask("normal")]
+    mtan = MTAN(lambda: build_backbone(cfg, shape), tasks, **arch)
+    single = ARCHS.get("independent")(lambda: build_backbone(cfg, shape), tasks[:1])
+    n_mtan, n_single = count_params(mtan)["total"], count_params(single)["total"]
+    assert n_mtan + 3 == 44_229_076 and n_single == 24_981_069
+    assert round((n_mtan + 3) / n_single, 2) == 1.77
+    # the encoder -> decoder projection is two 3x3 conv (bias) + BN layers of 512 channels
+    bridge = mtan.projections[4]
+    assert sum(p.numel() for p in bridge.parameters()) == 2 * _conv_bn(512, 512, 3, True)
+

@@ -24,11 +24,18 @@ def test_hoa_multimnist_main_run_and_cache(run_cli, results_dir):
     main, cand = runs(results_dir)
     assert len(main) == 1 and len(cand) == 5  # 2 singles, 2 half singles, the pair (= all-in-one)
     folder, rec = main[0]
+    recs_by_id = {r["run_id"]: r for _, r in cand}
     assert rec["role"] == "main" and rec["method"] == "standley" and rec["tasks"] == ["left", "right"]
     g = json.loads((folder / "grouping.json").read_text())
     for name in ("grouping.csv", "grouping.md", "grouping.png"):
         assert (folder / name).stat().st_size > 0
     assert set(g["budgets"]) == {"1", "1.5", "2"} and g["report_budget"] == 1.0
+    # half-size singles: encoder width sized to half the measured FLOPs (small_cnn 16 -> 11)
+    for t, h in g["half_networks"].items():
+        half_rec = recs_by_id[g["candidates_full"][f"{t}_half"]["run_id"]]
+        full_rec = recs_by_id[g["candidates_full"][t]["run_id"]]
+        assert h["width"] == 11 and 0.45 <= h["cost_ratio"] <= 0.55
+        assert half_rec["flops"]["total"] / full_rec["flops"]["total"] == pytest.approx(h["cost_ratio"], abs=1e-4)
     chosen = g["budgets"]["1"]
     assert {"networks", "assignment", "predicted_total", "realised_test_total"} <= set(chosen)
     # the run's metrics are each task's from its assigned network; params the chosen ones' sum

@@ -2,7 +2,7 @@
 Saenko, "AdaShare: Learning What To Share For Efficient Deep Multi-Task Learning",
 NeurIPS 2020; reference code github.com/sunxm2357/AdaShare, ``models/deeplab_resnet.py``).
 The training protocol (warm-up, search, retrain) is the ``adashare`` procedure in
-``methods/adashare_procedure.py``.
+``methods/adashare/procedure.py``.
 
 One backbone (any backbone whose blocks are all residual, i.e. follow the
 ``mtlbench.backbones.base.ResidualBlock`` contract: ``residual = True`` and ``shortcut(x)``),
@@ -20,7 +20,9 @@ Modes (``set_mode`` / ``set_policy``):
   sample of the logits at ``temperature``, redrawn every forward; only the last
   ``num_train_blocks`` blocks (the curriculum) are gated, earlier blocks execute (u = 1)
   and their features are computed once for all tasks; then each task runs its own path.
-  In eval mode the hard argmax policy is used (deterministic);
+  In eval mode the hard argmax policy is used (deterministic), or, while ``eval_sampler``
+  holds a generator, a hard policy sampled from the execute probabilities for every
+  forward (the reference's search-time evaluation);
 * ``fixed``: a hard policy (bool [T, L], ``policy`` buffer): executed blocks run
   ``block(x)``, skipped ones ``shortcut(x)`` only. Tasks whose policies agree on a prefix
   of blocks share that prefix's computation (a tree), so an all-execute policy is hard
@@ -86,6 +88,7 @@ class AdaShare(MTLModel):
         self.mode = "search"
         self.temperature = 5.0
         self.num_train_blocks = L
+        self.eval_sampler: Optional[torch.Generator] = None
         self._index = {t: i for i, t in enumerate(self.task_names)}
 
     # ------------------------------------------------------------------ policy
@@ -151,7 +154,10 @@ class AdaShare(MTLModel):
             return {t: self.heads[t](feats) for t in tasks}, feats
         if self.mode == "search" and self.training:
             return self._forward_soft(x, tasks)
-        policy = self.policy if self.mode == "fixed" else self.argmax_policy()
+        if self.mode == "fixed":
+            policy = self.policy
+        else:
+            policy = self.argmax_policy() if self.eval_sampler is None else self.sample_policy(self.eval_sampler)
         return self._forward_tree(x, tasks, policy)
 
     def _forward_soft(self, x, tasks):

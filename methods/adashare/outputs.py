@@ -1,10 +1,12 @@
 """What an AdaShare run reports besides its metrics: deployed vs trained parameters, FLOPs of
 the deployed model and of each task's path next to hard sharing, and the policy heatmap.
-Used by the ``adashare`` procedure (``methods/adashare_procedure.py``)."""
+Used by the ``adashare`` procedure (``methods/adashare/procedure.py``)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Sequence, Tuple
+
+import torch
 
 from mtlbench.core.model import count_flops
 
@@ -36,7 +38,40 @@ def costs(model: AdaShare, input_shape, trained: int) -> Tuple[dict, dict]:
     model.set_policy(policy)
     flops["hard_sharing"] = hard
     flops["ratio_to_hard_sharing"] = round(flops["total"] / hard["total"], 4) if hard["total"] else None
+    flops["paper"] = paper_macs(model, input_shape, device)
     return params, flops
+
+
+def _path_macs(model: AdaShare, x, row) -> int:
+    """Multiply-adds of one task's backbone path (stem, executed blocks, shortcuts of skipped ones)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        h, state = model.backbone.stem(x), {}
+        for block, ex in zip(model.backbone.blocks, row):
+            h = block(h, state) if ex else block.shortcut(h)
+    return int(counter.get_total_flops()) // 2  # FlopCounterMode counts a multiply-add as 2 FLOPs
+
+
+def paper_macs(model: AdaShare, input_shape, device="cpu") -> dict:
+    """The AdaShare paper's FLOPs figure (sunxm2357/AdaShare ``models/deeplab_resnet.py``:
+    ``compute_flops`` on ``MTL2_Backbone``, printed as FLOPs / 2; ``utils/flops_benchmark.py``
+    counts the convolutions): the backbone only (no heads), each task's path run and counted
+    separately (no prefix shared), summed over tasks, in multiply-adds, for one sample of
+    ``input_shape`` (the reference script uses 224x224); ``hard_sharing`` = the same with
+    every block executed (T full backbones)."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((1, *input_shape), device=device)
+    rows = model.policy.tolist()
+    per_task = {t: _path_macs(model, x, rows[i]) for i, t in enumerate(model.task_names)}
+    full = _path_macs(model, x, [True] * model.num_blocks)
+    model.train(was_training)
+    total = sum(per_task.values())
+    return {"total": total, "per_task": per_task, "hard_sharing": full * len(per_task),
+            "ratio_to_hard_sharing": round(total / (full * len(per_task)), 4) if full else None,
+            "unit": "multiply-adds", "scope": "backbone only, each task's path counted separately, summed"}
 
 
 def draw_heatmap(path: Path, tasks: Sequence[str], probs: List[List[float]], policy: List[List[int]]) -> str:

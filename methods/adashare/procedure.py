@@ -22,22 +22,27 @@ of the train split). ``trainer.max_steps_per_epoch``, ``trainer.batch_size`` and
    balancer's per-task weights (the ``static`` balancer of the preset: the papers' λ; the
    same λ weight the task losses of the weight updates, warm-up and retrain):
    sparsity = Σ_t mean over the curriculum blocks of −log p_t,l(skip) (the reference's
-   cross-entropy towards "skip"); sharing = Σ_{i<j} Σ_l w_l |z_i,l − z_j,l| over the
-   curriculum blocks, z = logit(execute) − logit(skip) (the log-odds; the reference uses the
-   execute logit alone, the same under its equal initialisation), with
-   ``sharing_direction: paper`` w_l = (L − l) / L (l = 0..L−1: lower blocks weigh more, as
-   the paper states) or ``reference`` w_l = (l + 1) / L (the reference code).
+   cross-entropy towards "skip"); sharing (``sharing_form``, see ``search.py``):
+   ``reference`` = the reference code's Σ_{i<j} Σ_l (l+1)/L |x_i,l − x_j,l| over all blocks
+   with x the execute logit (the paper overlays use it), or ``log_odds`` (the default here)
+   = Σ_{i<j} Σ_l w_l |z_i,l − z_j,l| over the curriculum blocks with z the execute log-odds
+   and ``sharing_direction: paper`` w_l = (L − l) / L (l = 0..L−1: lower blocks weigh more, as
+   the paper's text states) or ``reference`` w_l = (l + 1) / L. The two forms are different
+   regularisers (not equal under equal initialisation). run.json ``procedure_info.sharing``
+   records the form used.
 3. **selection (validation only)**: after the weight pass of every cycle c > L ·
    curriculum_speed (once every block has had ``curriculum_speed`` policy passes, as the
-   reference) and of the last cycle, the argmax policy is evaluated on the val split with the
-   current weights; the score is the mean over tasks of the mean over metrics of the signed
+   reference) and of the last cycle, the policy is evaluated on the val split with the
+   current weights (``search_eval_policy: argmax``: the argmax policy; ``sample``: as the
+   reference, a policy drawn from the execute probabilities for each val batch); the score is the mean over tasks of the mean over metrics of the signed
    relative change vs the warm-up model's val metrics (per task the val loss instead when no
    metric gives a relative change, or always with ``selection_score: loss``). The logits of
    the best cycle are kept. The reference selects on its test split; this never does.
 4. **retrain**: from the same initial weights as the warm-up (the reference reloads its
    initial state), a fixed policy: ``retrain_policy: argmax`` or ``sample`` (drawn from the
    selected execute probabilities, seeded; ``retrain_samples`` of them, each retrained, the
-   best on val kept), ``Trainer.fit`` for ``retrain`` epochs.
+   best on val kept: the reference's ``re-train.py`` retrains 8), ``Trainer.fit`` for
+   ``retrain`` epochs.
 5. **test**: the selected retrained model is evaluated on the test split: the only time the
    test split is read (``Trainer.fit`` runs with the val split as its test split).
 
@@ -48,7 +53,9 @@ folder. ``params``: total = deployed (stem + blocks executed by >= 1 task + shor
 projections of blocks skipped by a task + heads), trained = everything allocated (with the
 logits), per_task = each task's path, hard_sharing = the same backbone + heads; ``flops``:
 total = the deployed multi-task forward (shared prefixes computed once), per_task = each
-task's path alone, hard_sharing = the same for every block executed.
+task's path alone, hard_sharing = the same for every block executed; ``flops.paper`` = the
+AdaShare paper's figure (see ``outputs.paper_macs``): multiply-adds of the backbone only,
+each task's path counted separately and summed, with hard sharing's beside it.
 """
 from __future__ import annotations
 
@@ -68,6 +75,8 @@ from mtlbench.methods.adashare.search import relative_score
 from mtlbench.methods.adashare.search import search as run_search
 
 DIRECTIONS = ("paper", "reference")
+SHARING_FORMS = ("log_odds", "reference")
+EVAL_POLICIES = ("argmax", "sample")
 RETRAIN_POLICIES = ("argmax", "sample")
 SCORES = ("metrics", "loss")
 
@@ -95,7 +104,7 @@ class AdaShareProcedure(Procedure):
                  init_temperature: float = 5.0, temperature_decay: float = 0.965, policy_lr: float = 0.05,
                  policy_weight_decay: float = 5e-4, search_optimizer: Optional[dict] = None,
                  selection_score: str = "metrics", retrain_policy: str = "argmax", retrain_samples: int = 1,
-                 heatmap: bool = True):
+                 heatmap: bool = True, sharing_form: str = "log_odds", search_eval_policy: str = "argmax"):
         self.warmup, self.search = _fraction("warmup", warmup), _fraction("search", search)
         self.retrain = _fraction("retrain", retrain)
         if self.search <= 0 or self.retrain <= 0:
@@ -110,6 +119,10 @@ class AdaShareProcedure(Procedure):
         if sharing_direction not in DIRECTIONS:
             raise ValueError(f"procedure.sharing_direction must be one of {', '.join(DIRECTIONS)} "
                              f"(got {sharing_direction!r})")
+        for key, val, allowed in (("sharing_form", sharing_form, SHARING_FORMS),
+                                  ("search_eval_policy", search_eval_policy, EVAL_POLICIES)):
+            if val not in allowed:
+                raise ValueError(f"procedure.{key} must be one of {', '.join(allowed)} (got {val!r})")
         if retrain_policy not in RETRAIN_POLICIES:
             raise ValueError(f"procedure.retrain_policy must be one of {', '.join(RETRAIN_POLICIES)} "
                              f"(got {retrain_policy!r})")
@@ -122,7 +135,8 @@ class AdaShareProcedure(Procedure):
         self.policy_fraction, self.weight_steps, self.policy_steps = float(policy_fraction), weight_steps, policy_steps
         self.curriculum, self.curriculum_speed = bool(curriculum), int(curriculum_speed)
         self.sparsity_weight, self.sharing_weight = float(sparsity_weight), float(sharing_weight)
-        self.sharing_direction = sharing_direction
+        self.sharing_direction, self.sharing_form = sharing_direction, sharing_form
+        self.search_eval_policy = search_eval_policy
         self.init_temperature, self.temperature_decay = float(init_temperature), float(temperature_decay)
         self.policy_lr, self.policy_weight_decay = float(policy_lr), float(policy_weight_decay)
         self.search_optimizer, self.selection_score = search_optimizer, selection_score
@@ -210,7 +224,8 @@ class AdaShareProcedure(Procedure):
             "selection": {"split": "val", "score": self.selection_score, "cycle": search["cycle"],
                           "val_score": search["score"], "evaluated": search["evaluated"]},
             "retrain": {"policy": self.retrain_policy, "candidates": retrained, "selected": chosen},
-            "sharing_direction": self.sharing_direction, "phases": phases,
+            "sharing_direction": self.sharing_direction, "sharing": self._sharing_info(),
+            "search_eval_policy": self.search_eval_policy, "phases": phases,
             "cost": {"wall_time_s": round(total_time, 3),
                      "epochs": n_warm + n_cycles + n_retrain * len(candidates),
                      "epochs_by_phase": {"warmup": n_warm, "search_cycles": n_cycles,
@@ -220,6 +235,13 @@ class AdaShareProcedure(Procedure):
         if self.heatmap and ctx.folder is not None:
             info["heatmap"] = draw_heatmap(ctx.folder / "policy.png", data.task_names, search["probs"], policy)
         return ProcedureResult(fit=fit, model=final, info=info, params=params, flops=flops)
+
+    def _sharing_info(self) -> dict:
+        if self.sharing_form == "reference":
+            return {"form": "reference", "logit": "execute", "blocks": "all", "weights": "(l+1)/L",
+                    "weight": self.sharing_weight}
+        return {"form": "log_odds", "logit": "execute - skip", "blocks": "curriculum",
+                "weights": "(L-l)/L" if self.sharing_direction == "paper" else "(l+1)/L", "weight": self.sharing_weight}
 
     @staticmethod
     def _logger(ctx: RunContext, phase: str, **extra):

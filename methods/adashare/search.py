@@ -7,10 +7,30 @@ the search state (temperature, best cycle), so a run killed mid-search resumes a
 finished cycle and ends exactly as an uninterrupted one.
 
 Losses (reference: sunxm2357/AdaShare ``envs/blockdrop_env.py``):
-sparsity = Σ_t mean over the curriculum blocks of −log p_t,l(skip) (the reference's
-cross-entropy towards "skip"); sharing = Σ_{i<j} Σ_l w_l |z_i,l − z_j,l| over the
-curriculum blocks, z = logit(execute) − logit(skip), with ``sharing_direction: paper``
-w_l = (L − l) / L or ``reference`` w_l = (l + 1) / L.
+sparsity = Σ_t mean over the curriculum blocks of −log p_t,l(skip) (``get_sparsity_loss2``:
+the cross-entropy towards "skip", unweighted when the sharing loss is on, as in the
+reference's settings). Sharing loss, ``sharing_form``:
+
+* ``reference`` (``get_hamming_loss`` with ``diff_sparsity_weights: True``, the reference's
+  NYUv2 / Cityscapes / Taskonomy settings): Σ_{i<j} Σ_{l=0..L−1} w_l |x_i,l − x_j,l| over ALL
+  blocks, x = the EXECUTE logit alone, w_l = (l + 1) / L (higher blocks weigh more). As in
+  the reference, whose policy optimiser (Adam with weight decay) updates the whole logit
+  tensors, the logits of the blocks before the curriculum move too (through this term and
+  the weight decay; the task loss and the sparsity term do not reach them).
+* ``log_odds`` (mtlbench's earlier form, the procedure's default): Σ_{i<j} Σ_{l ≥ start}
+  w_l |z_i,l − z_j,l| over the curriculum blocks only, z = logit(execute) − logit(skip),
+  with ``sharing_direction: paper`` w_l = (L − l) / L (lower blocks weigh more, as the paper's
+  text states) or ``reference`` w_l = (l + 1) / L; the logits before the curriculum keep their
+  values exactly. It is a different regulariser, not the reference's under another name:
+  it penalises disagreement of the execute probabilities (P = sigmoid(z)), while the
+  reference penalises disagreement of the execute logit alone (the skip logits move freely,
+  so two tasks may agree on x and still differ in P); the two differ as soon as the logits
+  move, whatever the initialisation, and their weights run in opposite directions over
+  the blocks with ``sharing_direction: paper``.
+
+Search-time evaluation (``search_eval_policy``): ``argmax`` (the hard argmax policy) or
+``sample`` (the reference's ``eval`` during search with ``hard_sampling: False``: a policy
+drawn from the execute probabilities for every validation batch, seeded, resumable).
 """
 from __future__ import annotations
 
@@ -36,9 +56,18 @@ def sharing_weights(num_blocks: int, direction: str = "paper") -> torch.Tensor:
     return (num_blocks - l) / num_blocks if direction == "paper" else (l + 1) / num_blocks
 
 
-def sharing_loss(logits: torch.Tensor, start: int, weights: torch.Tensor) -> torch.Tensor:
-    """Σ_{i<j} Σ_{l >= start} w_l |z_i,l − z_j,l| with z the execute log-odds."""
-    z = logits[..., 0] - logits[..., 1]
+SHARING_FORMS = ("log_odds", "reference")
+
+
+def sharing_loss(logits: torch.Tensor, start: int, weights: torch.Tensor, form: str = "log_odds") -> torch.Tensor:
+    """``log_odds``: Σ_{i<j} Σ_{l >= start} w_l |z_i,l − z_j,l| with z the execute log-odds;
+    ``reference``: Σ_{i<j} Σ_l (l+1)/L |x_i,l − x_j,l| over every block, x the execute logit
+    (``weights`` and ``start`` unused)."""
+    if form == "reference":
+        z, start = logits[..., 0], 0
+        weights = sharing_weights(z.shape[1], "reference")
+    else:
+        z = logits[..., 0] - logits[..., 1]
     T = z.shape[0]
     if T < 2:
         return z.sum() * 0.0
@@ -85,10 +114,10 @@ def policy_step(p, trainer, start: int, sw: torch.Tensor, lam: torch.Tensor):
         batch, preds, _ = trainer.forward(s, batch)
         losses = task_losses(s.tasks, preds, batch)
         task_loss = (torch.stack([losses[t.name] for t in s.tasks]) * lam).sum()
-        sp, sh = sparsity_loss(logits, start), sharing_loss(logits, start, sw)
+        sp, sh = sparsity_loss(logits, start), sharing_loss(logits, start, sw, p.sharing_form)
         opt.zero_grad(set_to_none=True)
         (task_loss + p.sparsity_weight * sp + p.sharing_weight * sh).backward()
-        if start:
+        if start and p.sharing_form == "log_odds":
             logits.grad[:, :start] = 0
             kept = logits.detach()[:, :start].clone()
             opt.step()
@@ -120,6 +149,7 @@ def search(p, ctx, trainer, model: AdaShare, balancer, n_cycles: int, ref, ref_l
         s.scheduler = trainer.make_scheduler(s.optimizer)
     s.optimizers["policy"] = torch.optim.Adam([logits], lr=p.policy_lr, weight_decay=p.policy_weight_decay)
     s.generators["data"] = torch.Generator().manual_seed(int(ctx.seed) + 1)
+    s.generators["eval_policy"] = torch.Generator().manual_seed(int(ctx.seed) + 2)
     s.state = {"tau": p.init_temperature, "best": None, "evaluated": []}
     slot = trainer.slot("search")
     done = trainer.restore(s, slot)
@@ -141,7 +171,8 @@ def search(p, ctx, trainer, model: AdaShare, balancer, n_cycles: int, ref, ref_l
         row = {"phase": "search", **trainer.epoch_row(s, c, train_loss), "cycle": c, "curriculum_blocks": k,
                "temperature": s.state["tau"], "val": {}}
         if c >= first_eligible or c == n_cycles:
-            _select(p, trainer, model, data, tasks, ref, ref_loss, s.state, c, k, row)
+            sampler = s.generators["eval_policy"] if p.search_eval_policy == "sample" else None
+            _select(p, trainer, model, data, tasks, ref, ref_loss, s.state, c, k, row, sampler)
         trainable(False)
         lam = balancer.weights() or {}
         lam_t = torch.tensor([float(lam.get(t.name, 1.0)) for t in tasks], device=trainer.device)
@@ -163,13 +194,22 @@ def search(p, ctx, trainer, model: AdaShare, balancer, n_cycles: int, ref, ref_l
     return best
 
 
-def _select(p, trainer, model, data, tasks, ref, ref_loss, state: dict, c: int, k: int, row: dict) -> None:
-    """Evaluate the argmax policy on val with the current weights; keep the best cycle."""
+def _select(p, trainer, model, data, tasks, ref, ref_loss, state: dict, c: int, k: int, row: dict,
+            sampler: Optional[torch.Generator] = None) -> None:
+    """Evaluate on val with the current weights, the argmax policy or (``sampler``) a policy
+    sampled per batch; keep the best cycle."""
     policy = model.argmax_policy()
-    model.set_policy(policy)
-    val, val_loss = trainer.evaluate(model, data.splits["val"], tasks)
+    if sampler is None:
+        model.set_policy(policy)
+    else:
+        model.eval_sampler = sampler
+    try:
+        val, val_loss = trainer.evaluate(model, data.splits["val"], tasks)
+    finally:
+        model.eval_sampler = None
     score = relative_score(val, val_loss, ref, ref_loss, tasks, p.selection_score)
-    row.update(val=val, val_loss=val_loss, val_score=score, policy=policy.int().tolist())
+    row.update(val=val, val_loss=val_loss, val_score=score, policy=policy.int().tolist(),
+               eval_policy="argmax" if sampler is None else "sample")
     state["evaluated"].append({"cycle": c, "val_score": score})
     if state["best"] is None or score > state["best"]["score"]:
         state["best"] = {"score": score, "cycle": c, "logits": model.policy_logits.detach().cpu().clone(),

@@ -7,18 +7,19 @@ Derivation (``candidate_config``): the main config without its ``grouping`` and 
 nodes; ``dataset.tasks`` = the group; ``arch`` = the candidate arch's config node
 (``ctx.config_node("arch", name)``: composed by Hydra, plugin configs included);
 ``procedure: single``; ``role: candidate``; ``force: false``
-(a forced main run still reuses its candidates); half-width singles halve
-``backbone.width``; early-stopping candidates (ESA) train ``round(epochs * fraction)``
+(a forced main run still reuses its candidates); half-size singles get the backbone node
+sized by ``half.py`` (encoder width scaled until the measured FLOPs are half the full
+network's, head kept); early-stopping candidates (ESA) train ``round(epochs * fraction)``
 epochs (at least 1) -- a different config, hence a different cache entry.
 """
 from __future__ import annotations
 
 import copy
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
-def candidate_config(cfg: dict, group: Sequence[str], arch: dict, half: bool = False,
+def candidate_config(cfg: dict, group: Sequence[str], arch: dict, half_backbone: Optional[dict] = None,
                      epoch_fraction: Optional[float] = None) -> dict:
     c = copy.deepcopy(cfg)
     for key in ("grouping", "preset"):
@@ -28,12 +29,8 @@ def candidate_config(cfg: dict, group: Sequence[str], arch: dict, half: bool = F
     c["procedure"] = {"name": "single"}
     c["role"] = "candidate"
     c["force"] = False
-    if half:
-        width = c["backbone"].get("width")
-        if not isinstance(width, int) or width < 2:
-            raise ValueError(f"grouping.half_singles needs a backbone with an integer width >= 2 "
-                             f"(backbone '{c['backbone']['name']}' has {width!r}); set grouping.half_singles=false")
-        c["backbone"]["width"] = width // 2
+    if half_backbone is not None:
+        c["backbone"] = copy.deepcopy(half_backbone)
     if epoch_fraction is not None:
         c["trainer"]["epochs"] = max(1, int(round(int(c["trainer"]["epochs"]) * float(epoch_fraction))))
     return c
@@ -53,9 +50,21 @@ class CandidatePool:
         self.trained: List[str] = []
         self.reused: List[str] = []
         self.train_time_s = 0.0
+        self.halves: Dict[str, tuple] = {}   # task -> (backbone node, measured cost info)
+
+    def half_node(self, task: str) -> tuple:
+        """(backbone node, cost info) of ``task``'s half-size network (sized once, see half.py)."""
+        if task not in self.halves:
+            from mtlbench.methods.standley.half import half_backbone
+
+            spec = [t for t in self.ctx.data.tasks if t.name == task]
+            build = lambda node: self.ctx.build_model(spec, arch=self.arch, backbone=node)  # noqa: E731
+            self.halves[task] = half_backbone(build, dict(self.cfg["backbone"]), self.ctx.data.input_shape)
+        return self.halves[task]
 
     def get(self, group: Sequence[str], half: bool = False, epoch_fraction: Optional[float] = None) -> dict:
-        c = candidate_config(self.cfg, group, self.arch, half=half, epoch_fraction=epoch_fraction)
+        node = self.half_node(group[0])[0] if half else None
+        c = candidate_config(self.cfg, group, self.arch, half_backbone=node, epoch_fraction=epoch_fraction)
         name = network_name(group, half)
         label = name + (f" (ESA, {c['trainer']['epochs']} epochs)" if epoch_fraction is not None else "")
         t0 = time.perf_counter()

@@ -18,16 +18,15 @@ from mtlbench.results.store import atomic_write_json, atomic_write_text
 
 
 def build_container(ctx, tasks: List[str], networks: List[str], assignment: Dict[str, str],
-                    groups_of: dict, anode: dict) -> GroupedNetworks:
+                    groups_of: dict, anode: dict, half_nodes: Dict[str, dict]) -> GroupedNetworks:
     """The deployed solution's structure, built untrained (its networks were trained as their
-    own candidate runs; params / flops in run.json come from those runs)."""
+    own candidate runs; params / flops in run.json come from those runs). ``half_nodes``:
+    task -> the backbone node of its half-size network."""
     by_name = {t.name: t for t in ctx.data.tasks}
     nets = {}
     for name in networks:
         grp, half = groups_of[name]
-        bnode = dict(ctx.cfg["backbone"])
-        if half:
-            bnode["width"] = int(bnode["width"]) // 2
+        bnode = dict(half_nodes[grp[0]]) if half else dict(ctx.cfg["backbone"])
         nets[name] = ctx.build_model([by_name[t] for t in grp], arch=anode, backbone=bnode)
     return GroupedNetworks([by_name[t] for t in tasks], nets, assignment)
 

@@ -13,9 +13,14 @@ Architecture (standard MTAN SegNet, base filters ``f = width * (1, 2, 4, 8, 8)``
   ``f[k] -> f[k-1]`` (``f[0] -> f[0]`` for k = 0) and ``f[k-1] -> f[k-1]``, with 3, 3,
   3, 2, 2 layers for k = 4..0.
 
-The output has ``f[0]`` channels at the input resolution (MTAN's task heads: 3x3 conv
-``f[0] -> f[0]`` then 1x1 conv, i.e. ``head="conv"``). Initialisation as MTAN:
-Xavier-normal conv weights, zero biases, BN weight 1 / bias 0.
+The output has ``f[0]`` channels at the input resolution. Heads (``head``): ``mtan`` (the
+default) = MTAN's prediction layers exactly (``conv_layer(..., pred=True)`` in
+``model_segnet_mtan.py`` / ``model_segnet_single.py``): a 3x3 conv ``f[0] -> f[0]`` then a 1x1
+conv to the task's outputs, both with bias, no normalisation or activation between them;
+``conv`` = mtlbench's generic dense head (3x3 conv -> BN -> ReLU -> 1x1); ``aspp``. With the
+``mtan`` head a single-task SegNet for 13-class segmentation has MTAN's 24,981,069
+parameters. Initialisation as MTAN: Xavier-normal conv weights (heads included), zero
+biases, BN weight 1 / bias 0.
 
 Blocks are non-residual :class:`~mtlbench.backbones.base.Block` s. An encoder block has
 ``stride=2``; a decoder block has ``stride=1`` and ``upsample=2`` (it doubles the spatial
@@ -28,6 +33,7 @@ unpooling to the recorded pre-pool size.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple
 
 import torch.nn.functional as F
@@ -99,11 +105,11 @@ def segnet_blocks(in_channels: int, filters: Sequence[int]) -> list:
 
 @BACKBONES.register("segnet")
 @image_backbone
-def segnet(input_shape: Tuple[int, ...], width: int = 64, head: str = "conv",
+def segnet(input_shape: Tuple[int, ...], width: int = 64, head: str = "mtan",
            head_channels: Optional[int] = None) -> Backbone:
     """MTAN's SegNet (see module docstring); ``width`` = base filters (64 as in MTAN,
-    small values for CPU runs). Head options: ``head`` ("conv"; MTAN's heads) and
-    ``head_channels`` when set."""
+    small values for CPU runs). Head options: ``head`` ("mtan": MTAN's prediction layers,
+    "conv", "aspp") and ``head_channels`` (the first head conv's width) when set."""
     if int(width) != width or width < 1:
         raise ValueError(f"segnet: width must be a positive integer, got {width!r}")
     if len(input_shape) != 3 or min(input_shape[1:]) < 32:
@@ -120,12 +126,29 @@ def segnet(input_shape: Tuple[int, ...], width: int = 64, head: str = "conv",
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     backbone.width = width
+    if head == "mtan":
+        backbone.head_factory = functools.partial(mtan_head, head_channels=head_channels)
     return backbone
 
 
+def mtan_head(task, in_channels: int, head_channels: Optional[int] = None) -> nn.Module:
+    """MTAN's SegNet prediction layer for a dense ``task``: 3x3 conv (bias) -> 1x1 conv (bias),
+    Xavier-normal weights and zero biases (lorenmt/mtan ``conv_layer(pred=True)``); a task
+    without output maps (classification) gets its own head, as head options are ignored there."""
+    out = getattr(task, "out_channels", None)
+    if out is None:
+        return task.make_head(in_channels)
+    hc = int(head_channels or in_channels)
+    head = nn.Sequential(nn.Conv2d(in_channels, hc, 3, padding=1), nn.Conv2d(hc, int(out), 1))
+    for m in head:
+        nn.init.xavier_normal_(m.weight)
+        nn.init.zeros_(m.bias)
+    return head
+
+
 def _options(head: str, head_channels: Optional[int]) -> dict:
-    if head not in ("conv", "aspp"):
-        raise ValueError(f"segnet: head must be conv or aspp, got {head!r}")
+    if head not in ("mtan", "conv", "aspp"):
+        raise ValueError(f"segnet: head must be mtan, conv or aspp, got {head!r}")
     opts: dict = {"head": head}
     if head_channels is not None:
         opts["head_channels"] = int(head_channels)

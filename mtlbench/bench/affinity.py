@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-TAG_KEYS = ("every", "lookahead_lr", "probe_per_task", "probe_size")
+TAG_KEYS = ("every", "lookahead_lr", "probe_per_task", "probe_size", "lookahead")
 
 
 def _compose(overrides: Dict[str, str]) -> dict:
@@ -133,7 +133,8 @@ def tag_run(cfg: dict, settings: dict) -> dict:
     bal = {k: v for k, v in cfg["balancer"].items() if k != "name"}
     balancer = BALANCERS.get(cfg["balancer"]["name"])(data.task_names, **bal)
     z = tag_affinity(model, balancer, data, trainer, seed, int(settings["every"]),
-                     float(settings["lookahead_lr"]), int(settings["probe_per_task"]), int(settings["probe_size"]))
+                     float(settings["lookahead_lr"]), int(settings["probe_per_task"]), int(settings["probe_size"]),
+                     lookahead=str(settings.get("lookahead", "optimizer")))
     return {"z": z, "time_s": time.perf_counter() - t0}
 
 

@@ -6,22 +6,49 @@ Prints, per budget, the chosen networks, the task -> network assignment and the 
 ``out=FILE.json`` writes ``{"networks", "assignment", "total", ...}`` for one budget, or one
 such object per budget under the budget (formatted with ``%g``) as key for a list. With
 ``test_scores=FILE.csv`` each selection also gets ``test_total``: the sum over tasks of the
-assigned network's score in that table (select on validation, report test, as the paper).
+test score of the network serving the task, and ``test_assignment``: each task goes to the
+chosen network with the best score in ``assign_scores=FILE.csv`` (default: the ``scores``
+table itself). For Standley et al.'s early-stopping approximation select on the early-stopped
+table and assign with the fully trained VALIDATION table: ``group scores=results_20.csv
+assign_scores=results.csv test_scores=results_test.csv`` (leak-free). The paper's own code
+(``network_selection/main.cpp``, ``translate_scores_to_test_set`` + ``score_solution``)
+assigns by the TEST scores, i.e. ``assign_scores=`` the test table.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from mtlbench.grouping.selection import GroupingError, ScoreTable, Selection, select
 
 
-def realised_total(sel: Selection, test: ScoreTable, higher_is_better: bool = False) -> float:
-    """Sum over tasks of the assigned network's score in ``test`` (in the table's own sign)."""
+def assign_among(networks: List[str], table: ScoreTable, fallback: dict) -> dict:
+    """Each task -> the network of ``networks`` with its best (lowest) score in ``table``;
+    ties keep ``fallback``'s choice."""
+    missing = [n for n in networks if n not in table.networks]
+    if missing:
+        raise GroupingError(f"assign_scores table has no row for chosen network '{missing[0]}'")
+    out = {}
+    for task in fallback:
+        if task not in table.tasks:
+            raise GroupingError(f"assign_scores table has no column for task '{task}'")
+        j = table.tasks.index(task)
+        vals = {n: table.scores[table.networks.index(n), j] for n in networks}
+        vals = {n: v for n, v in vals.items() if not math.isnan(v)}
+        if not vals:
+            raise GroupingError(f"assign_scores table scores none of the chosen networks on task '{task}'")
+        out[task] = min(vals, key=lambda n: (vals[n], n != fallback[task]))
+    return out
+
+
+def realised_total(sel: Selection, test: ScoreTable, higher_is_better: bool = False,
+                   assignment: Optional[dict] = None) -> float:
+    """Sum over tasks of the serving network's score in ``test`` (in the table's own sign);
+    ``assignment`` defaults to the selection's."""
     total = 0.0
-    for task, net in sel.assignment.items():
+    for task, net in (assignment or sel.assignment).items():
         if net not in test.networks or task not in test.tasks:
             raise GroupingError(f"test table has no score of network '{net}' on task '{task}'")
         v = test.scores[test.networks.index(net), test.tasks.index(task)]
@@ -60,11 +87,15 @@ def main(args: List[str]) -> int:
     if msg:
         return _fail(msg)
     try:
+        if c["assign_scores"] and not c["test_scores"]:
+            raise GroupingError("assign_scores assigns tasks for test_total: give test_scores=FILE.csv too")
         hib = c["higher_is_better"]
         if not isinstance(hib, bool):
             raise GroupingError(f"higher_is_better must be true or false (got {hib!r})")
         table = ScoreTable.from_csv(Path(c["scores"]), higher_is_better=hib)
         test = ScoreTable.from_csv(Path(c["test_scores"]), higher_is_better=hib) if c["test_scores"] else None
+        assign = ScoreTable.from_csv(Path(c["assign_scores"]), higher_is_better=hib) \
+            if c["assign_scores"] else table
         budgets = budgets_of(c["budget"])
         results = {}
         for b in budgets:
@@ -75,7 +106,8 @@ def main(args: List[str]) -> int:
                 if "lower_bound" in obj:
                     obj["upper_bound"] = -obj.pop("lower_bound")  # of the higher-is-better total
             if test is not None:
-                obj["test_total"] = realised_total(sel, test, hib)
+                obj["test_assignment"] = assign_among(sel.networks, assign, sel.assignment)
+                obj["test_total"] = realised_total(sel, test, hib, obj["test_assignment"])
             results[f"{b:g}"] = obj
     except (GroupingError, FileNotFoundError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -113,7 +113,11 @@ def unique(params: Iterable[nn.Parameter]) -> List[nn.Parameter]:
 
 def make_heads(backbone, tasks: Sequence[Task]) -> nn.ModuleDict:
     """One head per task on ``backbone``'s output (``backbone.head_options`` passed on,
-    e.g. an ASPP head for dense tasks)."""
+    e.g. an ASPP head for dense tasks). A backbone that ships its own heads sets
+    ``head_factory(task, in_channels) -> nn.Module`` (SegNet's ``head=mtan``)."""
+    factory = getattr(backbone, "head_factory", None)
+    if factory is not None:
+        return nn.ModuleDict({t.name: factory(t, backbone.out_channels) for t in tasks})
     opts = getattr(backbone, "head_options", None) or {}
     return nn.ModuleDict({t.name: t.make_head(backbone.out_channels, **opts) for t in tasks})
 

@@ -137,7 +137,8 @@ def run_record(c: dict, result, data, run_id: str, method: str, started: str, wa
         "flops": result.flops if result.flops is not None else
         count_flops(model, data.input_shape, device=next(model.parameters()).device),
         "role": c.get("role") or "main",  # "candidate": a task-grouping candidate, never in reports
-        "selection": {"mode": c["trainer"]["selection"], "epoch": fit.selected_epoch},
+        "selection": {"mode": c["trainer"]["selection"], "epoch": fit.selected_epoch,
+                      **(fit.extra or {}).get("selection", {})},
         "epochs": len(fit.history), "data_sizes": data.sizes(),
         "wall_time_s": round(wall, 3), "train_time_s": round(fit.wall_time_s, 3),
         "started_at": started, "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

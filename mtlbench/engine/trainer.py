@@ -48,7 +48,7 @@ from mtlbench.engine.distributed import (SINGLE, DistContext, average_grads, mea
 from mtlbench.engine.session import Session
 from mtlbench.engine.speed import SpeedOptions
 
-SELECTIONS = ("last", "best")
+SELECTIONS = ("last", "best", "last_k_mean")
 
 
 def _positive_int(key: str, value) -> int:
@@ -78,7 +78,8 @@ def task_losses(tasks: Sequence[Task], preds, batch) -> Dict[str, torch.Tensor]:
 class Trainer:
     """Config keys (``trainer.*``): epochs, batch_size, eval_batch_size, max_steps_per_epoch,
     optimizer (a ``_partial_`` Hydra node), scheduler (same, or null), selection
-    ('last' | 'best'), grad_clip, progress, device, check_finite, checkpoint_every_steps,
+    ('last' | 'best' | 'last_k_mean'), selection_k, grad_clip, progress, device, check_finite,
+    checkpoint_every_steps,
     sync_batchnorm, find_unused_parameters, amp, channels_last, compile.
 
     ``checkpoints`` (a ``CheckpointDir``, set by the run; None = no checkpoints) hands out
@@ -90,7 +91,7 @@ class Trainer:
                  device: str = "auto", check_finite: bool = True,
                  checkpoint_every_steps: Optional[int] = None, sync_batchnorm: bool = False,
                  find_unused_parameters: bool = False, amp: Optional[str] = None,
-                 channels_last: bool = False, compile=False):
+                 channels_last: bool = False, compile=False, selection_k: int = 10):
         self.epochs, self.batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else _positive_int(
             "eval_batch_size", eval_batch_size)
@@ -101,6 +102,7 @@ class Trainer:
         self.optimizer_cfg = optimizer or {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
         self.scheduler_cfg = scheduler
         self.selection, self.grad_clip, self.progress = selection, grad_clip, progress
+        self.selection_k = _positive_int("selection_k", selection_k)
         self.device = resolve_device(device)
         self.check_finite = check_finite
         self.checkpoint_every_steps = None if checkpoint_every_steps is None else _positive_int(
@@ -321,7 +323,15 @@ class Trainer:
     def fit(self, model, balancer, data: MTLData, seed: int = 0, on_epoch: Optional[Callable[[dict], None]] = None,
             slot: Optional[str] = "fit") -> FitResult:
         """Train for ``epochs`` (a train pass and a validation per epoch), select the epoch
-        (``selection``), test; checkpointed under ``slot`` (resumed / replayed from it)."""
+        (``selection``), test; checkpointed under ``slot`` (resumed / replayed from it).
+
+        ``selection``: ``last`` (the last epoch's model), ``best`` (see ``_track_best``) or
+        ``last_k_mean``: the test split is evaluated after each of the last k =
+        min(``selection_k``, epochs) epochs and the reported test (and val) metrics and
+        losses are their means over those k epochs, the protocol of MTAN (lorenmt/mtan) and of
+        the gradient-balancing papers (Cranial-XIX/FAMO ``experiments/nyuv2/README.md``: "the
+        test performance averaged over the last 10 epochs"); ``FitResult.extra["selection"]``
+        records k and the epochs averaged."""
         s = self.prepare(model, balancer, data.tasks)
         s.generators["data"] = torch.Generator().manual_seed(seed)
         slot_ = self.slot(slot)
@@ -329,6 +339,10 @@ class Trainer:
         if done is not None:
             return FitResult(**done)
         self.run_epochs(s, self.epochs, lambda epoch: self._fit_epoch(s, data, epoch, slot_), slot_, on_epoch)
+        if self.selection == "last_k_mean":
+            result = self._last_k_mean(s)
+            self.finish(s, slot_, result)
+            return result
         chosen = s.state.get("best_epoch", self.epochs) if self.selection == "best" else self.epochs
         if self.selection == "best" and s.state.get("best_state") is not None:
             model.load_state_dict(s.state["best_state"])
@@ -359,7 +373,23 @@ class Trainer:
         row = self.epoch_row(s, epoch, train_loss)
         row["val"], row["val_loss"] = self.evaluate(s.model, data.splits["val"], data.tasks)
         self._track_best(s, epoch, row["val_loss"])
+        if self.selection == "last_k_mean" and epoch > self.epochs - min(self.selection_k, self.epochs):
+            row["test"], row["test_loss"] = self.evaluate(s.model, data.splits["test"], data.tasks)
         return row
+
+    def _last_k_mean(self, s: Session) -> FitResult:
+        """``selection=last_k_mean``: means of the last k epochs' val / test metrics and losses."""
+        rows = s.history[-min(self.selection_k, self.epochs):]
+
+        def mean(key):
+            first = rows[0][key]
+            if all(not isinstance(v, dict) for v in first.values()):
+                return {t: sum(r[key][t] for r in rows) / len(rows) for t in first}
+            return {t: {m: sum(r[key][t][m] for r in rows) / len(rows) for m in ms} for t, ms in first.items()}
+
+        extra = {"selection": {"k": len(rows), "epochs": [int(r["epoch"]) for r in rows]}}
+        return FitResult(s.history, self.epochs, mean("val"), mean("val_loss"), mean("test"), mean("test_loss"),
+                         wall_time_s=s.wall_time(), extra=extra)
 
     def _track_best(self, s: Session, epoch: int, val_loss: Dict[str, float]) -> None:
         """``selection=best``: the epoch with the lowest mean over tasks of val loss / that

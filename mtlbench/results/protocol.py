@@ -48,13 +48,22 @@ def protocol_of(rec: dict, cfg: Optional[dict]) -> Dict[str, object]:
         "weight decay": opt.get("weight_decay"),
         "scheduler": (str(sched.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(sched, dict) else sched),
         "batch size": _get(cfg, "trainer.batch_size"),
-        "selection": (rec.get("selection") or {}).get("mode") or _get(cfg, "trainer.selection"),
+        "selection": _selection(rec, cfg),
         "data (train/val/test)": "/".join(str(sizes.get(k, "?")) for k in ("train", "val", "test")),
         "limit": _get(cfg, "dataset.limit"),
         # tabular protocols resample the split with every seed (dataset.split_seed=${seed}):
         # that is one protocol, not one per seed
         "split seed": ("= seed" if _split_follows_seed(cfg, rec) else _get(cfg, "dataset.split_seed")),
     }
+
+
+def _selection(rec: dict, cfg: dict):
+    """The run's model selection; ``last_k_mean`` with its k (a different k is another protocol)."""
+    sel = rec.get("selection") or {}
+    mode = sel.get("mode") or _get(cfg, "trainer.selection")
+    if mode == "last_k_mean":
+        return f"last_k_mean (k={sel.get('k') or _get(cfg, 'trainer.selection_k')})"
+    return mode
 
 
 def _split_follows_seed(cfg: dict, rec: dict) -> bool:
