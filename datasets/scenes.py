@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlbench.core.data import MTLData, TensorSplit, cached_arrays
+from mtlbench.core.data import MTLData, TensorSplit, cached_arrays, check_counts
 from mtlbench.tasks.dense import DepthTask, L1Task, NormalTask, SegmentationTask
 from mtlbench.core.registry import DATASETS
 
@@ -308,9 +308,10 @@ def scenes(root=None, split_seed: int = 0, n_train: int = 2400, n_val: int = 300
            size=(64, 64), max_objects: int = 5) -> MTLData:
     """All five tasks (seg, depth, normal, edge, keypoint); the config's ``tasks`` picks
     a subset (default seg, depth, normal, also in ``info['default_tasks']``)."""
+    check_counts(n_train=n_train, n_val=n_val, n_test=n_test)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
-    if min(sizes.values()) < 1 or int(max_objects) < 0:
-        raise ValueError(f"scenes needs n_train, n_val, n_test >= 1 and max_objects >= 0 (got {sizes}, {max_objects})")
+    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 0:
+        raise ValueError(f"dataset.max_objects must be an integer >= 0 (got {max_objects!r})")
     hw = _size(size)
     arrays = _cached(root, split_seed, sizes, hw, int(max_objects))
     splits = {}

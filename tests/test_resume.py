@@ -79,7 +79,7 @@ def test_resume_false_starts_afresh(results_dir, run_cli, monkeypatch):
         run_cli(*BUDGET)
     folder, rec = only_run(results_dir)
     assert rec["status"] == "failed" and rec["reason"] == "interrupted"
-    assert (folder / "checkpoints" / "fit.pt").is_file()
+    assert (folder / "checkpoints" / "fit.json").is_file()
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
     assert run_cli(*BUDGET, "resume=false") == 0
     _, rec = only_run(results_dir)
@@ -132,7 +132,7 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(results_dir, run_cli, mo
         run_cli(*BUDGET)
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
     folder, _ = only_run(results_dir)
-    ckpt = folder / "checkpoints" / "fit.pt"
+    ckpt = folder / "checkpoints" / json.loads((folder / "checkpoints" / "fit.json").read_text())["file"]
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
     assert run_cli(*BUDGET) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,6 +13,7 @@ BENCHES = {
     "adashare": ("mtlbench.bench.adashare", "AdaShare search step vs hard sharing / T paths"),
     "throughput": ("mtlbench.bench.throughput", "samples/s and peak memory per method, AMP / layout variants"),
     "affinity": ("mtlbench.bench.affinity", "TAG lookahead affinity (one run) vs trained pair networks"),
+    "faults": ("mtlbench.bench.faults", "SIGKILL campaign: resumed runs and reports vs uninterrupted ones"),
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List
 
 from mtlbench.grouping.selection import GroupingError, ScoreTable, Selection, select
+from mtlbench.results.files import WriteError, atomic_write_text
 
 
 def realised_total(sel: Selection, test: ScoreTable, higher_is_better: bool = False) -> float:
@@ -60,6 +61,10 @@ def main(args: List[str]) -> int:
     if msg:
         return _fail(msg)
     try:
+        for key in ("scores", "test_scores", "out"):
+            if (c[key] is not None or key == "scores") and (not isinstance(c[key], str) or not c[key].strip()):
+                raise GroupingError(f"{key} must name a file (got {c[key]!r}), e.g. {key}=scores.csv"
+                                    + (" (or leave it out)" if key != "scores" else ""))
         hib = c["higher_is_better"]
         if not isinstance(hib, bool):
             raise GroupingError(f"higher_is_better must be true or false (got {hib!r})")
@@ -89,8 +94,9 @@ def main(args: List[str]) -> int:
         payload = next(iter(results.values())) if not isinstance(c["budget"], (list, tuple)) else results
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(payload, indent=2) + "\n")
+            atomic_write_text(out, json.dumps(payload, indent=2) + "\n")  # never a 0-byte file on a full disk
         except OSError as exc:
-            return _fail(f"cannot write {out}: {exc.strerror or exc}")
+            return _fail(str(exc) if isinstance(exc, WriteError) else
+                         f"cannot write {out}: {exc.strerror or exc} ({exc.filename}); choose another out=")
         print(f"[mtlbench] selection written to {out}")
     return 0
