@@ -169,7 +169,8 @@ def check_sweep_store(args: List[str]) -> Optional[str]:
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir() or not os.access(p, os.W_OK):
-        return f"results_dir={where} is not writable ({p} is {'not a folder' if p.exists() and not p.is_dir() else 'read-only'}); set results_dir= to a writable folder"
+        what = "not a folder" if not p.is_dir() else "read-only"
+        return f"results_dir={where} is not writable ({p} is {what}); set results_dir= to a writable folder"
     return None
 
 

@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mtlbench import __version__
+from mtlbench.core.data import DataError
 from mtlbench.core.model import count_flops, count_params
 from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS, PROCEDURES
 from mtlbench.engine.checkpoint import checkpoint_log_bytes
@@ -199,6 +200,7 @@ def claim_folder(folder: RunFolder, c: dict, hydra_files: Optional[dict], wait: 
     folder.acquire(wait=wait, on_wait=say)
     if folder.is_completed():  # completed by the process we waited for
         tidy_completed(folder, locked=True)
+        folder.release()
         return Claim(completed=True)
     try:
         remove_temp_files(folder.path)
@@ -249,15 +251,18 @@ def tidy_completed(folder: RunFolder, locked: bool = False) -> None:
         return
     shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)
     remove_temp_files(folder.path)
-    folder.release()
+    if not locked:
+        folder.release()
 
 
 def record_failure(folder: RunFolder, claim: Claim, c: dict, method: str, started: str, exc: BaseException):
-    """Before training started (no log row, no checkpoint, no child run) in a folder this run
-    created: the folder is removed (a configuration error leaves nothing). Else run.json
-    ``status: failed`` with the reason (cut at a word boundary)."""
+    """A configuration or data error (ValueError, TypeError, KeyError, DataError) raised by
+    the procedure before any training (no log row, no checkpoint, no child run) in a folder
+    this run created: the folder is removed, nothing is left. Else run.json
+    ``status: failed`` with the reason."""
     p = folder.path
-    if claim.fresh is not None and not claim.children and not (p / "metrics.jsonl").exists() \
+    config_error = isinstance(exc, (ValueError, TypeError, KeyError, DataError))
+    if config_error and claim.fresh is not None and not claim.children and not (p / "metrics.jsonl").exists() \
             and not (p / "checkpoints").exists():
         _discard(folder, claim.fresh)
         return

@@ -104,7 +104,7 @@ def shorten(text: str, width: int = 80) -> str:
     if len(text) <= width:
         return text
     cut = text[:width + 1].rsplit(" ", 1)[0] if " " in text[:width + 1] else text[:width]
-    return cut.rstrip(" ,;:") + "…"
+    return cut.rstrip() + "…"
 
 
 def _finite(v) -> bool:

@@ -175,6 +175,9 @@ class RunFolder:
             if on_wait is not None:
                 on_wait(f"waiting for {self.path}: another process is running it")
             lock.acquire()
+        except RuntimeError as exc:  # filelock: this thread already holds it through another instance
+            raise StoreError(f"run {self.path} is already being run by this process (lock {self.lock_path})") \
+                from exc
         except OSError as exc:
             raise StoreError(f"cannot lock {self.lock_path}: {exc.strerror or exc}; "
                              f"set results_dir= to a writable place") from exc
