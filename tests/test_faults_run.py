@@ -73,6 +73,14 @@ def test_sweep_into_an_unwritable_store_is_one_line(tmp_path, capsys):
     assert "results_dir=" in one_line_error(capsys)
 
 
+def test_unknown_benchmark_lists_every_benchmark(capsys):
+    from mtlbench.bench import BENCHES
+
+    assert mtlbench.cli.main(["bench", "nonexistent"]) == 2
+    err = one_line_error(capsys)
+    assert all(name in err for name in BENCHES) and "faults" in BENCHES
+
+
 def test_two_sweeps_in_the_same_second_get_distinct_sweep_folders():
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf

@@ -1,6 +1,7 @@
 """Checkpoint and exact resume, NaN stops, corrupt checkpoints (issue: runs that survive faults)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,10 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(results_dir, run_cli, mo
     assert run_cli(*BUDGET) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ckpt) in err[0] and "resume=false" in err[0]
+    # the other advice works too (the old "delete it" did not: the sidecar remained)
+    assert f"or delete {ckpt.parent}" in err[0]
+    shutil.rmtree(ckpt.parent)
+    assert run_cli(*BUDGET) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
