@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlbench.core.data import MTLData, TensorSplit, cached_arrays
+from mtlbench.core.data import MTLData, TensorSplit, cached_arrays, check_counts
 from mtlbench.core.registry import DATASETS
 from mtlbench.tasks import ClassificationTask
 
@@ -68,6 +68,7 @@ def _cached(root, split_seed: int, sizes: dict) -> dict:
 @DATASETS.register("multimnist")
 def multimnist(root=None, split_seed: int = 0, n_train: int = 12000, n_val: int = 2000,
                n_test: int = 2000) -> MTLData:
+    check_counts(n_train=n_train, n_val=n_val, n_test=n_test)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     arrays = _cached(root, split_seed, sizes)
     splits = {}

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtlbench.core.data import MTLData, TensorSplit, cached_arrays
+from mtlbench.core.data import MTLData, TensorSplit, cached_arrays, check_counts
 from mtlbench.tasks.dense import DenseConventions, DepthTask, L1Task, NormalTask, SegmentationTask
 from mtlbench.core.registry import DATASETS
 
@@ -310,10 +310,11 @@ def scenes(root=None, split_seed: int = 0, n_train: int = 2400, n_val: int = 300
     """All five tasks (seg, depth, normal, edge, keypoint); the config's ``tasks`` picks
     a subset (default seg, depth, normal, also in ``info['default_tasks']``); the dense
     conventions' keys as in ``mtlbench.tasks.dense``."""
+    check_counts(n_train=n_train, n_val=n_val, n_test=n_test)
     conv = DenseConventions(upsample_align_corners, metric_aggregation, miou_classes)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
-    if min(sizes.values()) < 1 or int(max_objects) < 0:
-        raise ValueError(f"scenes needs n_train, n_val, n_test >= 1 and max_objects >= 0 (got {sizes}, {max_objects})")
+    if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 0:
+        raise ValueError(f"dataset.max_objects must be an integer >= 0 (got {max_objects!r})")
     hw = _size(size)
     arrays = _cached(root, split_seed, sizes, hw, int(max_objects))
     splits = {}

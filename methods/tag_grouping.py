@@ -45,6 +45,15 @@ class TagGrouping(Procedure):
         for key, val, allowed in (("lookahead", lookahead, LOOKAHEADS), ("singleton", singleton, SINGLETON_RULES)):
             if val not in allowed:
                 raise ValueError(f"procedure.{key} must be one of {', '.join(allowed)} (got {val!r})")
+        for key, v, none in (("every", every, False), ("probe_per_task", probe_per_task, False),
+                             ("probe_size", probe_size, False), ("max_size", max_size, False),
+                             ("n_candidates", n_candidates, True), ("exhaustive_max", exhaustive_max, False)):
+            if not (none and v is None) and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"procedure.{key} must be an integer >= 1{' or null' if none else ''} (got {v!r})")
+        for key, v, none in (("lookahead_lr", lookahead_lr, False), ("budget", budget, True)):
+            if not (none and v is None) and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 and 0 < v < float("inf")):
+                raise ValueError(f"procedure.{key} must be a finite number > 0{' or null' if none else ''} (got {v!r})")
         self.lookahead, self.singleton, self.exhaustive_max = lookahead, singleton, int(exhaustive_max)
         self.every, self.lr, self.per_task, self.probe_size = int(every), float(lookahead_lr), probe_per_task, probe_size
         self.max_size, self.budget, self.select_method = int(max_size), budget, select_method

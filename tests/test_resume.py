@@ -1,6 +1,7 @@
 """Checkpoint and exact resume, NaN stops, corrupt checkpoints (issue: runs that survive faults)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_resume_false_starts_afresh(results_dir, run_cli, monkeypatch):
         run_cli(*BUDGET)
     folder, rec = only_run(results_dir)
     assert rec["status"] == "failed" and rec["reason"] == "interrupted"
-    assert (folder / "checkpoints" / "fit.pt").is_file()
+    assert (folder / "checkpoints" / "fit.json").is_file()
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
     assert run_cli(*BUDGET, "resume=false") == 0
     _, rec = only_run(results_dir)
@@ -132,11 +133,15 @@ def test_corrupt_checkpoint_is_one_line_naming_the_file(results_dir, run_cli, mo
         run_cli(*BUDGET)
     monkeypatch.setattr(mtlbench.tasks.ClassificationTask, "loss", real)
     folder, _ = only_run(results_dir)
-    ckpt = folder / "checkpoints" / "fit.pt"
+    ckpt = folder / "checkpoints" / json.loads((folder / "checkpoints" / "fit.json").read_text())["file"]
     ckpt.write_bytes(ckpt.read_bytes()[:100])  # truncated
     assert run_cli(*BUDGET) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(ckpt) in err[0] and "resume=false" in err[0]
+    # the other advice works too (the old "delete it" did not: the sidecar remained)
+    assert f"or delete {ckpt.parent}" in err[0]
+    shutil.rmtree(ckpt.parent)
+    assert run_cli(*BUDGET) == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,

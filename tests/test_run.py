@@ -178,9 +178,7 @@ def test_static_balancer_unknown_task_fails_cleanly(run_cli, results_dir, capsys
     assert run_cli("balancer=static", "balancer.weights={middle:2.0}") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mtlbench: error:") and "middle" in err[0]
-    folder, rec = only_run(results_dir)  # the failure is recorded
-    assert rec["status"] == "failed" and "middle" in rec["reason"]
-    assert not (folder / ".lock").exists()
+    assert not results_dir.exists()  # a configuration error found before training writes nothing
 
 
 def test_selection_best(run_cli, results_dir):

@@ -6,7 +6,7 @@ import pytest
 
 import mtlbench
 from mtlbench.results.store import (RUN_COLUMNS, RunFolder, StoreError, atomic_write_json, config_hash,
-                            load_runs, read_run)
+                                    iter_runs, load_runs, read_run)
 
 
 # ----------------------------------------------------------------- atomic writes
@@ -129,33 +129,27 @@ def test_config_hash_does_not_mutate_its_input():
 def test_acquire_twice_in_the_same_process_raises(tmp_path):
     folder = RunFolder(tmp_path, "ds", "m", "s0-abcdef12")
     folder.acquire()
-    assert folder.path.is_dir()
-    assert (folder.path / ".lock").read_text() == str(os.getpid())
+    assert folder.path.is_dir() and (folder.path / ".lock").exists()
     other = RunFolder(tmp_path, "ds", "m", "s0-abcdef12")
-    with pytest.raises(StoreError, match="another process"):
+    with pytest.raises(StoreError, match="another process") as info:
         other.acquire()
+    assert "force=true" not in str(info.value)  # the old hint that did not work
     folder.release()
     assert not (folder.path / ".lock").exists()
     other.acquire()  # free again after release
     other.release()
 
 
-def test_stale_lock_is_taken_over(tmp_path):
-    folder = RunFolder(tmp_path, "ds", "m", "s0-abcdef12")
-    folder.path.mkdir(parents=True)
-    (folder.path / ".lock").write_text("999999999")  # no such process
-    folder.acquire()
-    assert (folder.path / ".lock").read_text() == str(os.getpid())
-    folder.release()
-
-
-@pytest.mark.parametrize("content", ["", "garbage", "0"])
-def test_unreadable_lock_counts_as_stale(tmp_path, content):
+@pytest.mark.parametrize("content", ["999999999", "", "garbage", "0"])
+def test_lock_file_of_a_dead_process_is_not_held(tmp_path, content):
+    """An OS file lock dies with its process: a leftover .lock file (any content, including
+    the PID files of older versions) is simply locked again."""
     folder = RunFolder(tmp_path, "ds", "m", "s0-abcdef12")
     folder.path.mkdir(parents=True)
     (folder.path / ".lock").write_text(content)
     folder.acquire()
     folder.release()
+    assert not (folder.path / ".lock").exists()
 
 
 def test_acquire_in_unwritable_place_is_a_store_error(tmp_path):
@@ -171,10 +165,44 @@ def test_is_completed(tmp_path):
     folder.path.mkdir(parents=True)
     atomic_write_json(folder.run_json, {"status": "failed"})
     assert not folder.is_completed()
-    atomic_write_json(folder.run_json, {"status": "completed"})
+    atomic_write_json(folder.run_json, _record("s0-x", "m", 0))
     assert folder.is_completed()
     folder.run_json.write_text("{broken")
     assert not folder.is_completed()
+
+
+@pytest.mark.parametrize("content, why", [
+    ('["a", "list"]', "not a JSON object"),
+    ('{"status": "completed"}', "without run_id, method, dataset, seed, metrics"),
+    ('"just a string"', "not a JSON object"),
+])
+def test_malformed_run_json_is_not_completed_and_names_the_file(tmp_path, content, why):
+    """Issue 21 item 8: valid JSON that is no run record never crashes a reader; the run
+    counts as not completed (rerunning it runs it again), the error names the file."""
+    folder = RunFolder(tmp_path, "ds", "m", "s0-x")
+    folder.path.mkdir(parents=True)
+    folder.run_json.write_text(content)
+    assert not folder.is_completed()
+    with pytest.raises(StoreError) as info:
+        read_run(folder.path)
+    assert str(folder.run_json) in str(info.value) and why in str(info.value)
+
+
+def test_metrics_that_are_not_a_table_are_malformed(tmp_path):
+    rec = _record("s0-x", "m", 0)
+    for bad in ("oops", {"test": "oops"}, {"test": {"t1": {"acc": "high"}}}, {"test": {"t1": [0.5]}}):
+        problems = []
+        _rewrite(tmp_path, {**rec, "metrics": bad})
+        assert list(iter_runs(tmp_path, problems)) == [] and problems[0][1] == "malformed metrics"
+    _rewrite(tmp_path, {**rec, "params": "many", "seed": "0"})
+    problems = []
+    assert list(iter_runs(tmp_path, problems)) == [] and problems[0][1] == "malformed seed, params"
+
+
+def _rewrite(results, rec):
+    folder = RunFolder(results, rec["dataset"], rec["method"], rec["run_id"])
+    folder.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder.run_json, rec)
 
 
 # ----------------------------------------------------------------- load_runs

@@ -125,6 +125,9 @@ def policy_step(p, trainer, start: int, sw: torch.Tensor, lam: torch.Tensor):
                 logits[:, :start] = kept
         else:
             opt.step()
+        # a step that made the logits non-finite reports a non-finite loss at this step
+        # (the trainer's finite check names it), not a cycle later in the weight pass
+        task_loss = torch.where(torch.isfinite(logits).all(), task_loss, task_loss.new_tensor(float("nan")))
         return torch.stack([task_loss, sp, sh]).detach()
     return step
 
@@ -178,7 +181,8 @@ def search(p, ctx, trainer, model: AdaShare, balancer, n_cycles: int, ref, ref_l
         lam_t = torch.tensor([float(lam.get(t.name, 1.0)) for t in tasks], device=trainer.device)
         row["policy_loss"] = trainer.train_pass(s, batches(policy_part, p.policy_steps), names=("task", "sparsity",
                                                 "sharing"), step=policy_step(p, trainer, model.frozen_blocks(), sw,
-                                                                             lam_t), where=f"policy pass {c}")
+                                                                             lam_t), where=f"policy pass {c}",
+                                                fix="lower procedure.policy_lr")
         row["execute_prob"] = [[round(v, 4) for v in r] for r in model.execute_probs().tolist()]
         s.state["tau"] *= p.temperature_decay
         return row

@@ -63,7 +63,9 @@ def check_group_overrides(args: List[str]) -> Optional[str]:
             continue
         known = config_options(key)
         for v in value.split(","):
-            if v and v not in known:
+            if not v:
+                return f"{key}= needs a value; known {key}s: {', '.join(known)}"
+            if v not in known:
                 return f"unknown {key} '{v}'; known {key}s: {', '.join(known)}"
     return None
 
@@ -126,15 +128,54 @@ def check_launcher(args: List[str]) -> Optional[str]:
 
     for a in args:
         key, _, value = a.partition("=")
-        if key.lstrip("+") == "hydra/launcher" and value in LAUNCHER_PLUGINS:
+        if key.lstrip("+") != "hydra/launcher":
+            continue
+        if value in LAUNCHER_PLUGINS:
             module, extra = LAUNCHER_PLUGINS[value]
             if importlib.util.find_spec(module) is None:
                 return f"hydra/launcher={value} needs its Hydra plugin: pip install -e \".[{extra}]\""
+        known = launcher_options()
+        if known and value not in known:
+            return f"unknown hydra/launcher '{value}'; known launchers: {', '.join(known)}"
+    return None
+
+
+def launcher_options() -> List[str]:
+    """Hydra's launcher configs (its own, mtlbench's, installed plugins'); [] when unknown."""
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.utils import create_config_search_path
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()
+        loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://mtlbench.conf"))
+        return sorted(loader.get_group_options("hydra/launcher"))
+    except Exception:  # a Hydra without these internals: Hydra reports unknown launchers itself
+        return []
+
+
+def check_sweep_store(args: List[str]) -> Optional[str]:
+    """A sweep writes results/.sweeps/ before any job: an unwritable results_dir is one line
+    here, not Hydra's traceback."""
+    from pathlib import Path
+
+    if not any(a in ("-m", "--multirun") for a in args):
+        return None
+    given = [a.partition("=")[2] for a in args if a.lstrip("+").startswith("results_dir=")]
+    where = given[-1].strip("'\"") if given else "results"
+    if not where or "," in where or "$" in where:
+        return None if where else "results_dir must be a non-empty path (got '')"
+    p = Path(where).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK):
+        what = "not a folder" if not p.is_dir() else "read-only"
+        return f"results_dir={where} is not writable ({p} is {what}); set results_dir= to a writable folder"
     return None
 
 
 def run_cli(args: List[str]) -> int:
-    msg = check_launcher(args) or check_group_overrides(args) or precompose(args)
+    msg = check_launcher(args) or check_group_overrides(args) or check_sweep_store(args) or precompose(args)
     if msg:
         return fail(msg)
     _failures.clear()
@@ -200,18 +241,20 @@ def report_cli(args: List[str]) -> int:
     fmt = c["format"] if isinstance(c["format"], list) else [c["format"]]
     methods = c["methods"] if isinstance(c["methods"], (list, type(None))) else [c["methods"]]
     try:
+        for key in ("results_dir", "reports_dir"):
+            if not isinstance(c[key], str) or not c[key].strip():
+                raise ValueError(f"{key} must be a non-empty path (got {c[key]!r})")
         opts = Options(baseline=c["baseline"], methods=methods, split=c["split"], formats=fmt, test=c["test"],
-                       alpha=float(c["alpha"]), delta=c["delta"], confidence=float(c["confidence"]),
-                       n_resamples=int(c["n_resamples"]), posthoc=c["posthoc"], seed=int(c["seed"]),
-                       plots=bool(c["plots"]),
+                       alpha=c["alpha"], delta=c["delta"], confidence=c["confidence"],
+                       n_resamples=c["n_resamples"], posthoc=c["posthoc"], seed=c["seed"], plots=c["plots"],
                        metrics=None if c["metrics"] is None else list(c["metrics"]) if isinstance(c["metrics"], list)
                        else [c["metrics"]]).check()
         if c["dataset"] in (None, "", "all"):
             out = write_all(c["results_dir"], c["reports_dir"], opts)
         else:
             out = write_report(c["results_dir"], c["reports_dir"], c["dataset"], opts=opts)
-    except (ReportError, StoreError, ValueError) as exc:
-        return fail(str(exc))
+    except (ReportError, StoreError, ValueError, OSError) as exc:
+        return fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     print((out / "summary.md").read_text())
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     print(f"[mtlbench] report written to {out}/: {', '.join(files)}")

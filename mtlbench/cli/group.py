@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from mtlbench.grouping.selection import GroupingError, ScoreTable, Selection, select
+from mtlbench.results.files import WriteError, atomic_write_text
 
 
 def assign_among(networks: List[str], table: ScoreTable, fallback: dict) -> dict:
@@ -87,6 +88,10 @@ def main(args: List[str]) -> int:
     if msg:
         return _fail(msg)
     try:
+        for key in ("scores", "test_scores", "out"):
+            if (c[key] is not None or key == "scores") and (not isinstance(c[key], str) or not c[key].strip()):
+                raise GroupingError(f"{key} must name a file (got {c[key]!r}), e.g. {key}=scores.csv"
+                                    + (" (or leave it out)" if key != "scores" else ""))
         if c["assign_scores"] and not c["test_scores"]:
             raise GroupingError("assign_scores assigns tasks for test_total: give test_scores=FILE.csv too")
         hib = c["higher_is_better"]
@@ -121,8 +126,9 @@ def main(args: List[str]) -> int:
         payload = next(iter(results.values())) if not isinstance(c["budget"], (list, tuple)) else results
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(payload, indent=2) + "\n")
+            atomic_write_text(out, json.dumps(payload, indent=2) + "\n")  # never a 0-byte file on a full disk
         except OSError as exc:
-            return _fail(f"cannot write {out}: {exc.strerror or exc}")
+            return _fail(str(exc) if isinstance(exc, WriteError) else
+                         f"cannot write {out}: {exc.strerror or exc} ({exc.filename}); choose another out=")
         print(f"[mtlbench] selection written to {out}")
     return 0

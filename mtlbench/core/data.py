@@ -267,38 +267,59 @@ def carve_val(train, fraction: float, seed: int):
     return train.subset(tr), train.subset(va)
 
 
+def check_counts(**counts) -> None:
+    """One-line ValueError naming ``dataset.<key>`` unless every value is an integer >= 1."""
+    for key, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"dataset.{key} must be an integer >= 1 (got {v!r})")
+
+
 def apply_limit(data: MTLData, limit: Optional[int]) -> MTLData:
     """Keep at most ``limit`` samples per split (the first ones: splits are already shuffled)."""
-    if not limit:
+    if limit is None:
         return data
-    if limit < 0:
-        raise ValueError("dataset.limit must be positive (or null for no limit)")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"dataset.limit must be an integer >= 1 or null for no limit (got {limit!r})")
     data.splits = {k: (s.subset(torch.arange(min(limit, len(s)))) if len(s) > limit else s)
                    for k, s in data.splits.items()}
     return data
 
 
+CACHE_KEYS = "__keys__"
+
+
 def cached_arrays(path, make: Callable[[], Dict[str, object]]) -> Dict[str, object]:
     """Arrays cached in one ``.npz`` at ``path`` (None = no cache), made by ``make()`` when the
-    file is absent or damaged (a damaged cache is regenerated, never trusted). The file is
-    written atomically (temp file + rename); an unwritable location only skips caching."""
+    file is absent or damaged: unreadable, or missing one of the arrays its ``__keys__``
+    manifest lists (a damaged cache is regenerated, never trusted). The file is written
+    atomically (temp file + rename); an unwritable location (a directory in the way, a full
+    disk) only skips caching, and the temp file is removed."""
     import os
+    import time
 
     import numpy as np
 
     if path is not None and path.is_file():
         try:
             with np.load(path) as z:
-                return {k: z[k] for k in z.files}
+                keys = [str(k) for k in z[CACHE_KEYS]] if CACHE_KEYS in z.files else None
+                if keys is not None and set(keys) <= set(z.files):
+                    return {k: z[k] for k in keys}
         except Exception:
-            path.unlink(missing_ok=True)
+            pass
+        path.unlink(missing_ok=True)
     arrays = make()
     if path is not None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, **arrays)
+            np.savez(tmp, **arrays, **{CACHE_KEYS: np.array(sorted(arrays))})
             os.replace(tmp, path)
+            for old in path.parent.glob(f".{path.name}.*.tmp.npz"):  # of writers killed an hour ago or more
+                if time.time() - old.stat().st_mtime > 3600:
+                    old.unlink(missing_ok=True)
         except OSError:
             pass
+        finally:
+            tmp.unlink(missing_ok=True)
     return arrays

@@ -24,6 +24,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from omegaconf import OmegaConf
 
 GROUPS = ("arch", "balancer", "procedure", "backbone", "dataset")
+
+
+def register_resolvers() -> None:
+    """``${mtlbench_uid:}``: a token unique to one composed config (process id + random
+    hex, cached with the config), so two sweeps started in the same second get distinct
+    ``results/.sweeps/<time>-<uid>`` folders."""
+    import os
+    import secrets
+
+    if not OmegaConf.has_resolver("mtlbench_uid"):
+        OmegaConf.register_new_resolver("mtlbench_uid", lambda: f"{os.getpid()}-{secrets.token_hex(2)}",
+                                        use_cache=True)
+
+
+register_resolvers()
 _searchpath: List[str] = []
 
 

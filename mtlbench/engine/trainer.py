@@ -42,7 +42,7 @@ from mtlbench.core.data import MTLData, TensorSplit
 from mtlbench.core.procedure import FitResult, TrainingError  # noqa: F401  (re-exported)
 from mtlbench.core.tasks import Task
 from mtlbench.engine import session as sess
-from mtlbench.engine.checkpoint import CheckpointDir, CheckpointSlot
+from mtlbench.engine.checkpoint import CheckpointDir, CheckpointSlot, fault_point
 from mtlbench.engine.distributed import (SINGLE, DistContext, average_grads, mean_over_ranks, reduce_metrics,
                                          shard)
 from mtlbench.engine.session import Session
@@ -210,13 +210,14 @@ class Trainer:
     def train_pass(self, s: Session, batches: Iterable, *, step: Optional[Callable] = None,
                    names: Optional[Sequence[str]] = None, where: str = "", start: int = 0,
                    partial: Optional[torch.Tensor] = None, on_step: Optional[Callable] = None,
-                   total: Optional[int] = None) -> Dict[str, float]:
+                   total: Optional[int] = None, fix: Optional[str] = None) -> Dict[str, float]:
         """``step(s, batch) -> loss vector`` (default ``train_step``) over at most
         ``max_steps_per_epoch - start`` batches; returns the mean of each entry (``names``:
         the tasks by default), after checking they are finite. A resumed pass passes the
         steps already done (``start``) and their loss sum (``partial``); ``on_step(steps,
         loss_sum)`` runs after each step (mid-epoch checkpoints); ``total``: steps expected
-        (the progress bar)."""
+        (the progress bar); ``fix``: the advice of the non-finite-loss error (default: lower
+        trainer.optimizer.lr or set trainer.grad_clip)."""
         s.model.train()
         step, names = step or self.train_step, list(names or s.task_names)
         limit = self.max_steps - start
@@ -239,15 +240,17 @@ class Trainer:
             raise TrainingError("the training split yielded no batch: check dataset.limit and trainer.batch_size")
         mean = total / steps if not self.dist.active else mean_over_ranks(total / steps)
         out = dict(zip(names, mean.tolist()))
-        self._check_finite(out, where, None if first_bad is None else dict(zip(names, first_bad.tolist())))
+        self._check_finite(out, where, None if first_bad is None else dict(zip(names, first_bad.tolist())), fix)
         return out
 
-    def _check_finite(self, values: Dict[str, float], where: str, first_bad: Optional[dict]) -> None:
+    def _check_finite(self, values: Dict[str, float], where: str, first_bad: Optional[dict],
+                      fix: Optional[str] = None) -> None:
         bad = [k for k, v in values.items() if not math.isfinite(v)] if self.check_finite else []
         if bad:
             at = ", ".join(f"{k} at step {int(first_bad[k])}" for k in bad if first_bad and first_bad.get(k, -1) > 0)
             raise TrainingError(f"non-finite training loss for {bad} in {where or 'training'}"
-                                f"{f' ({at})' if at else ''}; lower trainer.optimizer.lr or set trainer.grad_clip")
+                                f"{f' ({at})' if at else ''}; "
+                                f"{fix or 'lower trainer.optimizer.lr or set trainer.grad_clip'}")
 
     # ----------------------------------------------------------------- epochs
     def epoch_row(self, s: Session, epoch: int, train_loss: Dict[str, float]) -> dict:
@@ -275,6 +278,7 @@ class Trainer:
             s.history.append(row)
             if on_epoch is not None:
                 on_epoch(row)
+            fault_point("epoch")
             s.epoch, s.cursor = epoch, None
             sess.snapshot(s, slot)
         return s.history
@@ -296,6 +300,7 @@ class Trainer:
         metric group (``Task.metric_group``) and loss updated once per batch
         (``Task.eval_update``), on the device; read once at the end."""
         model.eval()
+        fault_point("eval")
         groups = {t.name: t.metric_group().to(self.device) for t in tasks}
         loss_sum = {t.name: 0.0 for t in tasks}
         count = {t.name: 0.0 for t in tasks}

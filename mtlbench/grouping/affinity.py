@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from mtlbench.core.data import Batch, MTLData
+from mtlbench.core.procedure import TrainingError
 
 
 def _masks(batch: Batch, name: str):
@@ -70,6 +71,7 @@ def lookahead_affinity(model, batch: Batch, tasks, lookahead_lr: float) -> np.nd
     try:
         losses = task_losses(model, batch, tasks)
         base = losses.detach()
+        _check_finite(batch, tasks, base)
         present = _present(batch, tasks, base)
         for i in range(T):
             if not present[i]:
@@ -80,6 +82,11 @@ def lookahead_affinity(model, batch: Batch, tasks, lookahead_lr: float) -> np.nd
                 ahead = task_losses(lambda x: functional_call(model, moved, (x,)), batch, tasks)
             ratio = (ahead / base.clamp_min(1e-12)).cpu().numpy()
             z[i] = np.where(present, 1.0 - ratio, np.nan)
+            bad = [j for j in range(T) if present[j] and not np.isfinite(z[i, j])]
+            if bad:
+                raise TrainingError(f"non-finite lookahead affinity Z[{tasks[i].name} -> {tasks[bad[0]].name}] "
+                                    f"(the lookahead step diverged); lower procedure.lookahead_lr "
+                                    f"(got {lookahead_lr:g})")
     finally:
         model.train(was_training)
     return z
@@ -140,6 +147,7 @@ def optimizer_affinity(model, batch: Batch, tasks, optimizer: torch.optim.Optimi
         with torch.random.fork_rng(devices=devices):
             losses = task_losses(model, batch, tasks)
         base = losses.detach()
+        _check_finite(batch, tasks, base)
         present = _present(batch, tasks, base)
         for i in np.flatnonzero(present):
             grads = torch.autograd.grad(losses[i], [p for _, p in named], retain_graph=True, allow_unused=True)
@@ -154,6 +162,15 @@ def optimizer_affinity(model, batch: Batch, tasks, optimizer: torch.optim.Optimi
                 b.copy_(saved[n])
         model.train(was_training)
     return z
+
+
+def _check_finite(batch: Batch, tasks, base: torch.Tensor) -> None:
+    """A NaN/inf loss of a labelled task on the probe: the model diverged."""
+    ok = torch.isfinite(base).cpu().numpy()
+    for k, t in enumerate(tasks):
+        if not ok[k] and (batch.masks is None or bool(batch.masks[t.name].any())):
+            raise TrainingError(f"non-finite loss of task {t.name} on the affinity probe (the model diverged); "
+                                f"lower trainer.optimizer.lr or set trainer.grad_clip")
 
 
 def _present(batch: Batch, tasks, base: torch.Tensor) -> np.ndarray:
@@ -208,12 +225,15 @@ class AffinityTracker:
             yield b
 
     def update(self, batch: Optional[Batch] = None) -> None:
-        if self.lookahead == "optimizer":
-            z = optimizer_affinity(self.model, batch.to(self.device), self.data.tasks, self.optimizer)
-        else:
-            batch = probe_batch(self.data.splits["train"], self.data.task_names, self.gen, self.per_task,
-                                self.size).to(self.device)
-            z = lookahead_affinity(self.model, batch, self.data.tasks, self.lr)
+        try:
+            if self.lookahead == "optimizer":
+                z = optimizer_affinity(self.model, batch.to(self.device), self.data.tasks, self.optimizer)
+            else:
+                batch = probe_batch(self.data.splits["train"], self.data.task_names, self.gen, self.per_task,
+                                    self.size).to(self.device)
+                z = lookahead_affinity(self.model, batch, self.data.tasks, self.lr)
+        except TrainingError as exc:
+            raise TrainingError(f"{exc} [affinity update at training step {self.steps + 1}]") from None
         ok = np.isfinite(z)
         self.sum[ok] += z[ok]
         self.count += ok

@@ -120,10 +120,24 @@ class ScoreTable:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"score table not found: {path}")
+        import csv
+
         try:
-            df = pd.read_csv(path, skipinitialspace=True)
+            with open(path, newline="") as f:
+                header = [h.strip() for h in next(csv.reader(f), [])]
+            # only an empty cell means "the network lacks the task"; a literal NaN is an error
+            df = pd.read_csv(path, skipinitialspace=True, keep_default_na=False, na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise GroupingError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            raise GroupingError(f"{path}: column '{dup[0]}' appears twice in the header; give each task one column")
+        for col in df.columns:
+            text = df[col].astype(str).str.strip().str.lower()
+            if col not in ("network",) and text.isin(("nan", "-nan", "+nan", "na", "n/a", "null", "none")).any():
+                row = int(text.isin(("nan", "-nan", "+nan", "na", "n/a", "null", "none")).to_numpy().argmax())
+                raise GroupingError(f"{path}: row {row + 2}, column '{col}' is {df[col].iloc[row]!r}, not a "
+                                    f"score; leave the cell empty where a network lacks the task")
         return cls.from_frame(df, higher_is_better=higher_is_better, source=str(path))
 
 

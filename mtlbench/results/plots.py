@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -24,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mtlbench.results.stats import delta_info  # noqa: E402
+from mtlbench.results.store import read_log  # noqa: E402
 
 
 def _math(symbol: str) -> str:
@@ -32,10 +32,20 @@ def _math(symbol: str) -> str:
 
 
 def _save(fig, out: Path, name: str) -> List[Path]:
+    """PNG + PDF, each rendered in memory and written atomically (a killed report never
+    leaves a truncated image)."""
+    import io
+
+    from mtlbench.results.files import atomic_write_bytes
+
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
+    try:
+        for path, kw in zip(paths, ({"dpi": 150}, {})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=path.suffix[1:], bbox_inches="tight", **kw)
+            atomic_write_bytes(path, buf.getvalue())
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -108,7 +118,9 @@ def balancer_weights(a, out: Path) -> List[Path]:
         f = Path(r.path) / "metrics.jsonl"
         if not f.is_file():
             continue
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        rows, problem = read_log(f)
+        if problem:  # noted in the report by write_report
+            continue
         rows = [x for x in rows if isinstance(x.get("balancer_weights"), dict)]
         if len(rows) < 2:
             continue

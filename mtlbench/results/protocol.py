@@ -8,14 +8,17 @@ the one most of the baseline's runs used (of all runs when there is no baseline)
 any method under another protocol are never averaged in: they are left out with a note
 naming how their protocol differs. Also left out, each with a note: failed or unfinished
 runs, task-grouping candidates (``role: candidate``), runs on a task subset (tasks other
-than the baseline's), and older duplicates of a (method, seed) pair (``force=true``).
+than the baseline's), older duplicates of a (method, seed) pair (``force=true``), and,
+naming the file, runs whose run.json or config.yaml cannot be read (or is not a record)
+and runs with a non-finite metric (so n always counts the seeds a mean is over).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 import yaml
@@ -91,12 +94,30 @@ def protocol_diff(p: Dict[str, object], ref: Dict[str, object]) -> str:
     return ", ".join(f"{k} {p.get(k)} vs {v}" for k, v in ref.items() if p.get(k) != v)
 
 
-def _config(path: Path) -> Optional[dict]:
+def _config(path: Path) -> Tuple[Optional[dict], Optional[str]]:
+    """(the run's config.yaml, None); (None, None) when it has none (runs of older
+    versions); (None, why) when it is unreadable or not a mapping."""
     f = Path(path) / "config.yaml"
+    if not f.is_file():
+        return None, None
     try:
-        return yaml.safe_load(f.read_text()) if f.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
+        cfg = yaml.safe_load(f.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return None, f"{f} ({type(exc).__name__})"
+    return (cfg, None) if isinstance(cfg, dict) else (None, f"{f} (not a mapping)")
+
+
+def shorten(text: str, width: int = 80) -> str:
+    """``text`` on one line, cut at a word boundary (never mid-word) with '…' when longer."""
+    text = " ".join(str(text).split())
+    if len(text) <= width:
+        return text
+    cut = text[:width + 1].rsplit(" ", 1)[0] if " " in text[:width + 1] else text[:width]
+    return cut.rstrip() + "…"
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -115,8 +136,10 @@ class RunSet:
     notes: List[str] = field(default_factory=list)
 
 
-def datasets_in(results_dir) -> List[str]:
-    return sorted({rec.get("dataset") for _, rec in iter_runs(results_dir) if rec.get("dataset")})
+def datasets_in(results_dir, completed: bool = True) -> List[str]:
+    """Datasets with at least one completed main run (``completed=False``: with any run)."""
+    return sorted({rec.get("dataset") for _, rec in iter_runs(results_dir, []) if rec.get("dataset") and (
+        not completed or (rec.get("status") == "completed" and (rec.get("role") or "main") == "main"))})
 
 
 def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[Sequence[str]] = None,
@@ -124,11 +147,16 @@ def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[
     """Select the comparable runs of ``dataset`` (see the module docstring); never raises on
     partial results: what is left out is said in ``RunSet.notes``."""
     notes: List[str] = []
-    recs = [(p, r) for p, r in iter_runs(results_dir) if r.get("dataset") == dataset]
+    problems: list = []
+    recs = [(p, r) for p, r in iter_runs(results_dir, problems) if r.get("dataset") == dataset]
+    unreadable = [(p, why) for p, why in problems if p.parent.parent.name == dataset]
+    if unreadable:
+        notes.append(f"{len(unreadable)} unreadable run file(s) left out (rerun those runs): "
+                     + "; ".join(f"{p / 'run.json'} ({shorten(why, 60)})" for p, why in unreadable))
     bad = [(p, r) for p, r in recs if r.get("status") != "completed"]
     if bad:
         what = ", ".join(f"{r.get('method')} seed {r.get('seed')} ({r.get('status')}"
-                         f"{': ' + str(r.get('reason'))[:60] if r.get('reason') else ''})" for _, r in bad)
+                         f"{': ' + shorten(r.get('reason'), 60) if r.get('reason') else ''})" for _, r in bad)
         notes.append(f"{len(bad)} failed or unfinished run(s) left out: {what}")
     recs = [(p, r) for p, r in recs if r.get("status") == "completed"]
     pending = sorted(d for d in Path(results_dir, dataset).glob("*/*") if d.is_dir() and not (d / "run.json").exists())
@@ -162,8 +190,14 @@ def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[
     recs = [(p, r) for p, r in recs if tuple(r.get("tasks") or sorted((r.get("metrics") or {}).get(split, {})))
             == tuple(tasks)]
 
-    # one protocol
-    protos = [(p, r, protocol_of(r, _config(p))) for p, r in recs]
+    # one protocol (a run whose config.yaml cannot be read has no known protocol: left out)
+    configs = {p: _config(p) for p, _ in recs}
+    garbled = [why for p, (_, why) in configs.items() if why]
+    if garbled:
+        notes.append(f"{len(garbled)} run(s) with an unreadable config.yaml left out (protocol unknown): "
+                     + "; ".join(garbled))
+    recs = [(p, r) for p, r in recs if not configs[p][1]]
+    protos = [(p, r, protocol_of(r, configs[p][0])) for p, r in recs]
     keyed = [protocol_label(pr) for _, _, pr in protos]
     base_keys = [k for k, (_, r, _) in zip(keyed, protos) if r.get("method") == baseline] or keyed
     ref_key = None
@@ -182,11 +216,17 @@ def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[
     rows, vals, hib = [], {}, {}
     for p, r in sorted(kept, key=lambda pr: (str(pr[1].get("finished_at")), str(pr[1].get("run_id")))):
         key = (r.get("method"), r.get("seed"))
+        cells = {(t, m): v for t, ms in ((r.get("metrics") or {}).get(split) or {}).items()
+                 for m, v in ms.items() if metrics is None or m in metrics}
+        nonfinite = [f"{t}/{m}" for (t, m), v in cells.items() if not _finite(v)]
+        if nonfinite:
+            notes.append(f"{p / 'run.json'} left out: non-finite {split} metric {', '.join(nonfinite)} "
+                         f"(a diverged run; no mean over fewer seeds than n)")
+            continue
         if key in vals:
             notes.append(f"{key[0]} seed {key[1]} was run more than once: the most recent run is used")
             rows = [x for x in rows if (x["method"], x["seed"]) != key]
-        vals[key] = {(t, m): v for t, ms in ((r.get("metrics") or {}).get(split) or {}).items()
-                     for m, v in ms.items() if metrics is None or m in metrics}
+        vals[key] = cells
         for t, ms in (r.get("higher_is_better") or {}).items():
             hib.setdefault(t, {}).update({m: bool(h) for m, h in ms.items()})
         rows.append({"method": key[0], "seed": key[1], "run_id": r.get("run_id"), "path": str(p),

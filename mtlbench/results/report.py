@@ -26,9 +26,13 @@ import pandas as pd
 from mtlbench.results.protocol import RunSet, collect, datasets_in
 from mtlbench.results.significance import check_test, compare_to_baseline, cross_dataset, power_warnings
 from mtlbench.results.stats import DeltaCI, bootstrap_delta, column_ranks, delta_info, delta_spec
-from mtlbench.results.store import atomic_write_text, iter_runs
+from mtlbench.results.files import remove_temp_files
+from mtlbench.results.store import atomic_write_text, iter_runs, read_log
 
 FORMATS = ("md", "tex", "csv", "html")
+SPLITS = ("test", "val")
+POSTHOCS = ("wilcoxon", "conover")
+OUTPUTS = (".md", ".tex", ".csv", ".html", ".png", ".pdf")  # what a report folder holds (stale ones removed)
 
 
 class ReportError(RuntimeError):
@@ -52,13 +56,31 @@ class Options:
     metrics: Optional[Sequence[str]] = None  # only these metric names (e.g. [rmse]); None = all
 
     def check(self) -> "Options":
+        """One-line ValueError naming the option, its allowed values and the value given."""
         check_test(self.test)
         delta_info(self.delta)
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             raise ValueError(f"unknown format '{bad[0]}'; formats: {', '.join(FORMATS)} (e.g. format=[md,tex])")
-        if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
-            raise ValueError("alpha and confidence must lie in (0, 1), e.g. alpha=0.05 confidence=0.95")
+        for key in ("alpha", "confidence"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
+                raise ValueError(f"{key} must lie in (0, 1), e.g. alpha=0.05 confidence=0.95 (got {v!r})")
+        for key, allowed in (("split", SPLITS), ("posthoc", POSTHOCS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)} (got {getattr(self, key)!r})")
+        for key, low in (("n_resamples", 1), ("seed", 0)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{key} must be an integer >= {low} (got {v!r})")
+        if not isinstance(self.plots, bool):
+            raise ValueError(f"plots must be true or false (got {self.plots!r})")
+        if not isinstance(self.baseline, str) or not self.baseline:
+            raise ValueError(f"baseline must be a method name, e.g. baseline=stl (got {self.baseline!r})")
+        for key in ("methods", "metrics"):
+            v = getattr(self, key)
+            if v is not None and (not v or not all(isinstance(x, str) and x for x in v)):
+                raise ValueError(f"{key} must be a non-empty list of names or null (got {v!r})")
         return self
 
 
@@ -171,41 +193,103 @@ def summary_frame(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def check_names(results_dir, opts: Options) -> None:
+    """Unknown ``baseline`` / ``methods`` / ``metrics`` names are errors (before anything is
+    written): a method must have a run in the store or be a preset; a metric must appear in
+    a completed run."""
+    from mtlbench.engine.configs import yaml_options
+
+    recs = [r for _, r in iter_runs(results_dir, [])]
+    known = {r.get("method") for r in recs} | set(yaml_options("method", package_only=True))
+    for key, names in (("baseline", [opts.baseline]), ("methods", opts.methods or [])):
+        bad = [m for m in names if m not in known]
+        if bad:
+            have = sorted({str(r.get("method")) for r in recs})
+            raise ReportError(f"unknown {key} '{bad[0]}': no run of it in {results_dir} and no such preset; "
+                              f"methods with runs: {', '.join(have) or 'none'}")
+    if opts.metrics:
+        seen = {m for r in recs if r.get("status") == "completed"
+                for by_t in (r.get("metrics") or {}).values() for ms in by_t.values() for m in ms}
+        bad = [m for m in opts.metrics if m not in seen]
+        if bad:
+            raise ReportError(f"unknown metric '{bad[0]}' in metrics=; metrics in the runs: {', '.join(sorted(seen))}")
+
+
+def _report_dir(path: Path) -> Path:
+    """The report folder, created, with the temp files of a killed report removed."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create report folder {path}: {exc.strerror or exc}; set reports_dir= to a "
+                          f"writable folder") from None
+    remove_temp_files(path, recursive=False)
+    return path
+
+
+def _remove_stale(out: Path, written: Sequence[str]) -> None:
+    """Report outputs of an earlier report that this one did not write (a method whose runs
+    are gone, a plot no longer drawn) are removed, so the folder holds exactly this report."""
+    for p in out.iterdir():
+        if p.is_file() and p.suffix in OUTPUTS and p.name not in written:
+            p.unlink(missing_ok=True)
+
+
+def _log_notes(a: Analysis) -> None:
+    for r in a.runset.runs.itertuples():
+        f = Path(r.path) / "metrics.jsonl"
+        if f.is_file():
+            _, problem = read_log(f)
+            if problem:
+                a.notes.append(f"{problem}: its per-epoch curve is left out (the run's results are kept)")
+
+
 def write_report(results_dir, reports_dir, dataset: str, baseline: str = "stl",
                  methods: Optional[Sequence[str]] = None, split: str = "test",
                  opts: Optional[Options] = None) -> Path:
-    """Write one dataset's report; returns its folder. Raises ReportError when there is nothing at all."""
+    """Write one dataset's report (atomically, file by file; earlier outputs it no longer
+    has removed); returns its folder. Raises ReportError when the dataset has no completed
+    run, or for an unknown baseline / method / metric name (nothing is written then)."""
     from mtlbench.results import plots, tables
 
     opts = (opts or Options(baseline=baseline, methods=methods, split=split)).check()
     known = datasets_in(results_dir)
-    if not known:
+    if not known and not datasets_in(results_dir, completed=False):
         raise ReportError(f"no runs under {Path(results_dir).resolve()}: run `python -m mtlbench run` first "
                           f"or point results_dir= at your results store")
     if dataset not in known:
-        raise ReportError(f"no runs for dataset '{dataset}' in {results_dir}; datasets with runs: {known}")
+        raise ReportError(f"no completed runs for dataset '{dataset}' in {results_dir}; datasets with completed "
+                          f"runs: {known}")
+    check_names(results_dir, opts)
     runset = collect(results_dir, dataset, opts.baseline, opts.methods, opts.split, opts.metrics)
-    out = Path(reports_dir) / dataset
-    out.mkdir(parents=True, exist_ok=True)
+    out = _report_dir(Path(reports_dir) / dataset)
+    written: List[str] = []
+
+    def put(name: str, text: str) -> None:
+        atomic_write_text(out / name, text)
+        written.append(name)
+
     if runset.values.empty:
         text = f"# {dataset}: nothing to compare\n\n" + "".join(f"- {n}\n" for n in runset.notes)
-        atomic_write_text(out / "summary.md", text)
-        atomic_write_text(out / "table.md", text)
-        atomic_write_text(out / "summary.csv", "method,n_seeds,params,delta_t,delta_t_ci_low,delta_t_ci_high\n")
+        put("summary.md", text)
+        put("table.md", text)
+        put("summary.csv", "method,n_seeds,params,delta_t,delta_t_ci_low,delta_t_ci_high\n")
+        _remove_stale(out, written)
         return out
     a = analyze(runset, opts)
-    atomic_write_text(out / "summary.csv", summary_frame(a).to_csv(index=False))
-    atomic_write_text(out / "significance.csv", a.sig.to_csv(index=False))
+    _log_notes(a)
+    put("summary.csv", summary_frame(a).to_csv(index=False))
+    put("significance.csv", a.sig.to_csv(index=False))
     table = tables.build(a)
     md = tables.to_markdown(table)
-    atomic_write_text(out / "summary.md", md)
+    put("summary.md", md)
     writers = {"md": ("table.md", lambda: md), "tex": ("table.tex", lambda: tables.to_latex(table)),
                "csv": ("table.csv", lambda: tables.to_csv(table)), "html": ("table.html", lambda: tables.to_html(table))}
     for f in opts.formats:
         name, render = writers[f]
-        atomic_write_text(out / name, render())
+        put(name, render())
     if opts.plots:
-        plots.write_dataset_plots(a, out)
+        written += [p.name for p in plots.write_dataset_plots(a, out)]
+    _remove_stale(out, written)
     return out
 
 
@@ -216,10 +300,14 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
     opts.check()
     known = datasets_in(results_dir)
     if not known:
-        raise ReportError(f"no runs under {Path(results_dir).resolve()}: nothing to report for any dataset; run "
-                          f"`python -m mtlbench run` first, point results_dir= at your results store, "
-                          f"or pick one with dataset=<name>")
+        raise ReportError(f"no completed runs under {Path(results_dir).resolve()}: nothing to report for any "
+                          f"dataset; run `python -m mtlbench run` first, point results_dir= at your results "
+                          f"store, or pick one with dataset=<name>")
+    check_names(results_dir, opts)
     scores, notes = {}, []
+    idle = sorted(set(datasets_in(results_dir, completed=False)) - set(known))
+    if idle:
+        notes.append(f"dataset(s) without a completed run left out: {', '.join(idle)}")
     symbol, _, hib = delta_info(opts.delta)
     for ds in known:
         out = write_report(results_dir, reports_dir, ds, opts=opts)
@@ -228,17 +316,22 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
             scores[ds] = summ.set_index("method")[opts.delta]
         else:
             notes.append(f"{ds}: no {symbol} (no '{opts.baseline}' baseline runs): left out of the comparison")
-    out = Path(reports_dir) / "all"
-    out.mkdir(parents=True, exist_ok=True)
+    out = _report_dir(Path(reports_dir) / "all")
+    written: List[str] = []
+
+    def put(name: str, text: str) -> None:
+        atomic_write_text(out / name, text)
+        written.append(name)
+
     matrix = pd.DataFrame(scores).T
     if opts.methods:
         matrix = matrix[[m for m in matrix.columns if m in set(opts.methods) | {opts.baseline}]]
     cd = cross_dataset(matrix, higher_is_better=hib, posthoc=opts.posthoc, alpha=opts.alpha) if len(matrix) else None
     lines = [f"# Across datasets: {symbol} per dataset and mean rank", ""]
     if cd is not None and len(cd.scores.columns):
-        atomic_write_text(out / "scores.csv", cd.scores.to_csv())
+        put("scores.csv", cd.scores.to_csv())
         ranks = cd.mean_ranks.rename("mean_rank").to_frame()
-        atomic_write_text(out / "mean_rank.csv", ranks.to_csv())
+        put("mean_rank.csv", ranks.to_csv())
         lines += ["| dataset | " + " | ".join(cd.scores.columns) + " |", "|---" * (len(cd.scores.columns) + 1) + "|"]
         lines += [f"| {ds} | " + " | ".join(f"{x:+.2f}" for x in r) + " |" for ds, r in cd.scores.iterrows()]
         lines += ["| **mean rank** | " + " | ".join(f"{cd.mean_ranks[m]:.2f}" for m in cd.scores.columns) + " |", ""]
@@ -246,23 +339,24 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
             lines.append(f"Friedman χ² = {cd.friedman_stat:.3f}, p = {cd.friedman_p:.3g} "
                          f"({len(cd.scores)} datasets, {len(cd.scores.columns)} methods); post-hoc: pairwise "
                          f"{opts.posthoc} with Holm correction, α = {opts.alpha:g}.")
-            atomic_write_text(out / "posthoc.csv", cd.posthoc.to_csv())
+            put("posthoc.csv", cd.posthoc.to_csv())
         if opts.plots and len(cd.scores) >= 2:
-            plots.write_cd_diagram(cd, out, opts.alpha)
+            written += [p.name for p in plots.write_cd_diagram(cd, out, opts.alpha)]
         notes += cd.notes
     else:
         notes.append("no dataset has both the baseline and another method: nothing to compare")
     lines += [f"Ranks: 1 = best {symbol} within a dataset (ties share the average rank). Per-dataset tables: "
               + ", ".join(f"{Path(reports_dir) / ds / 'table.md'}" for ds in known) + "."]
     lines += [f"- {n}" for n in notes]
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    put("summary.md", "\n".join(lines) + "\n")
+    _remove_stale(out, written)
     return out
 
 
 def build_summary(results_dir, dataset: str, baseline: str = "stl", methods: Optional[Sequence[str]] = None,
                   split: str = "test"):
     """``(summary DataFrame, notes)`` of one dataset, written nowhere (for notebooks)."""
-    if not list(iter_runs(results_dir)):
+    if not list(iter_runs(results_dir, [])):
         raise ReportError(f"no runs under {Path(results_dir).resolve()}")
     opts = Options(baseline=baseline, methods=methods, split=split, plots=False).check()
     runset = collect(results_dir, dataset, baseline, methods, split)

@@ -2,19 +2,24 @@
 
 Each run folder holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per
 epoch), ``.hydra/`` (Hydra's overrides and config) and ``run.json`` (written
-atomically: temp file + rename, so a reader never sees half a file). A ``.lock`` file
-(O_EXCL) keeps two processes from running the same run id at once.
+atomically: temp file + rename, so a reader never sees half a file; files get the
+umask's mode, see ``mtlbench.results.files``). While a run trains, ``.lock`` (an OS file
+lock, ``RunFolder``) keeps any other process, on this node or another, from running the
+same run id, and ``checkpoints/`` holds its checkpoints; both are gone once run.json is
+written. ``read_run`` / ``iter_runs`` check each record's shape (``record_problem``): a
+malformed run.json is skipped with a message naming it, never a crash of a report.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable, Optional
 
 import pandas as pd
+
+from mtlbench.results.files import WriteError, atomic_write_bytes, atomic_write_text, fault_point  # noqa: F401
 
 # Keys that say where things go, not what is computed: left out of the run id.
 NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume",
@@ -49,21 +54,6 @@ def config_hash(cfg: dict, n: int = 8) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
@@ -76,28 +66,86 @@ def _json_default(o):
     return str(o)
 
 
-def read_run(run_dir: Path) -> Optional[dict]:
-    p = Path(run_dir) / "run.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"corrupt run file {p}: {exc}; delete that run folder and rerun it") from exc
-
-
 class StoreError(RuntimeError):
     pass
 
 
+class CorruptRun(StoreError):
+    """An unreadable or malformed run.json; ``path`` and ``why`` (without the advice)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"corrupt run file {path}: {why}; delete that run folder or rerun the run "
+                         f"(it is then run again)")
+        self.path, self.why = Path(path), why
+
+
+def read_run(run_dir: Path) -> Optional[dict]:
+    """The run.json of ``run_dir`` (None: none); a StoreError naming the file when it is not
+    JSON, not an object, or not a well-formed record (see ``record_problem``)."""
+    p = Path(run_dir) / "run.json"
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptRun(p, f"not JSON ({str(exc).splitlines()[0]})") from exc
+    problem = record_problem(rec)
+    if problem:
+        raise CorruptRun(p, problem)
+    return rec
+
+
+_STR, _DICT = ("run_id", "method", "dataset"), ("params", "flops", "selection", "data_sizes", "losses",
+                                                 "higher_is_better", "procedure_info")
+
+
+def record_problem(rec) -> Optional[str]:
+    """Why ``rec`` is not a usable run record (None: it is): a JSON object with a string
+    ``status``; a completed one also has string run_id / method / dataset, an integer seed,
+    ``metrics`` = {split: {task: {metric: number}}} and object-valued (or null) params, flops,
+    selection, data_sizes, losses, higher_is_better, procedure_info; tasks a list of names."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object (a JSON {type(rec).__name__})"
+    if not isinstance(rec.get("status"), str):
+        return "no status"
+    if rec["status"] != "completed":
+        return None
+    missing = [k for k in (*_STR, "seed", "metrics") if k not in rec]
+    if missing:
+        return f"a completed run without {', '.join(missing)}"
+    bad = [k for k in _STR if not isinstance(rec[k], str)]
+    bad += [] if isinstance(rec["seed"], int) and not isinstance(rec["seed"], bool) else ["seed"]
+    bad += [k for k in _DICT if rec.get(k) is not None and not isinstance(rec[k], dict)]
+    tasks = rec.get("tasks")
+    bad += [] if tasks is None or (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)) else ["tasks"]
+    m = rec["metrics"]
+    ok = isinstance(m, dict) and all(isinstance(by_t, dict) and all(
+        isinstance(by_m, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in by_m.values())
+        for by_m in by_t.values()) for by_t in m.values())
+    bad += [] if ok else ["metrics"]
+    return f"malformed {', '.join(bad)}" if bad else None
+
+
 class RunFolder:
+    """One run's folder and its lock (``.lock``, a ``filelock.FileLock``: an OS file lock
+    (flock), which the kernel (or the NFS server) drops when the holder dies, so there is
+    no stale lock to take over and nothing to race; on shared storage whose file system
+    supports locks (NFSv4, NFSv3 with lockd, Lustre mounted with flock, GPFS) two nodes
+    cannot hold it at once). The holder removes the lock file before releasing it
+    (filelock retries when the file it locked was unlinked meanwhile)."""
+
     def __init__(self, results_dir, dataset: str, method: str, run_id: str):
         self.path = Path(results_dir) / dataset / method / run_id
         self.run_id = run_id
+        self._lock = None
 
     @property
     def run_json(self) -> Path:
         return self.path / "run.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
 
     def record(self) -> Optional[dict]:
         return read_run(self.path)
@@ -109,61 +157,103 @@ class RunFolder:
             return False
         return bool(rec) and rec.get("status") == "completed"
 
-    def acquire(self) -> None:
-        """Create the folder and take its lock; fail clearly if another live process holds it."""
+    def acquire(self, wait: bool = False, on_wait=None) -> None:
+        """Create the folder and take its lock. Held by another process: a StoreError, or
+        with ``wait`` block until it is free (``on_wait(message)`` is called once first)."""
+        from filelock import FileLock, Timeout
+
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create run folder {self.path}: {exc.strerror}; "
+            raise StoreError(f"cannot create run folder {self.path}: {exc.strerror or exc}; "
                              f"set results_dir= to a writable place") from exc
-        lock = self.path / ".lock"
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, str(os.getpid()).encode())
-                os.close(fd)
-                return
-            except FileExistsError:
-                if _pid_alive(lock):
-                    raise StoreError(f"run {self.path} is being run by another process "
-                                     f"(lock {lock}); wait for it or use force=true")
-                lock.unlink(missing_ok=True)  # stale lock of a dead process
-        raise StoreError(f"could not lock {lock}")
+        lock = FileLock(str(self.lock_path), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if not wait:
+                raise StoreError(f"run {self.path} is being run by another process (lock {self.lock_path}, held "
+                                 f"on this or another node); wait for it to finish: rerunning then skips "
+                                 f"it") from None
+            if on_wait is not None:
+                on_wait(f"waiting for {self.path}: another process is running it")
+            lock.acquire()
+        except RuntimeError as exc:  # filelock: this thread already holds it through another instance
+            raise StoreError(f"run {self.path} is already being run by this process (lock {self.lock_path})") \
+                from exc
+        except OSError as exc:
+            raise StoreError(f"cannot lock {self.lock_path}: {exc.strerror or exc}; "
+                             f"set results_dir= to a writable place") from exc
+        self._lock = lock
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (False: another process holds it)."""
+        try:
+            self.acquire()
+            return True
+        except StoreError:
+            return False
 
     def release(self) -> None:
-        (self.path / ".lock").unlink(missing_ok=True)
+        if self._lock is None:
+            return
+        try:
+            self.lock_path.unlink(missing_ok=True)  # while held: no other holder can exist
+        except OSError:
+            pass
+        try:
+            self._lock.release()
+        except OSError:
+            pass
+        self._lock = None
 
     def append_jsonl(self, name: str, row: dict) -> None:
-        with open(self.path / name, "a") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+        try:
+            with open(self.path / name, "a") as f:
+                f.write(json.dumps(row, default=_json_default) + "\n")
+        except OSError as exc:
+            raise WriteError(self.path / name, exc) from exc
 
 
-def _pid_alive(lock: Path) -> bool:
-    try:
-        pid = int(lock.read_text().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def iter_runs(results_dir) -> Iterable[tuple[Path, dict]]:
+def iter_runs(results_dir, problems: Optional[list] = None) -> Iterable[tuple[Path, dict]]:
+    """(run folder, record) of every readable run under ``results_dir``. An unreadable or
+    malformed run.json is skipped: appended to ``problems`` as (folder, message) when a list
+    is given, else reported with a warning (one bad file never hides the other runs)."""
     root = Path(results_dir)
     if not root.is_dir():
         return
     for p in sorted(root.glob("*/*/*/run.json")):
-        rec = read_run(p.parent)
+        try:
+            rec = read_run(p.parent)
+        except CorruptRun as exc:
+            if problems is None:
+                warnings.warn(str(exc), stacklevel=2)
+            else:
+                problems.append((p.parent, exc.why))
+            continue
         if rec is not None:
             yield p.parent, rec
+
+
+def read_log(path: Path) -> tuple:
+    """(rows of a metrics.jsonl, None) or (the rows before the first bad line, a message
+    naming the file and the line)."""
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return rows, f"{path} is unreadable ({type(exc).__name__})"
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            return rows, f"{path} line {i} is not a JSON object (truncated or overwritten)"
+        rows.append(row)
+    return rows, None
 
 
 RUN_COLUMNS = ["run_id", "dataset", "method", "arch", "balancer", "procedure", "backbone", "seed",
