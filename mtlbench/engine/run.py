@@ -26,6 +26,7 @@ from mtlbench.engine import configs
 from mtlbench.engine.configs import expand_preset, method_name
 from mtlbench.engine.context import build_data, kwargs_of, make_context  # noqa: F401  (build_data re-exported)
 from mtlbench.engine.distributed import from_env
+from mtlbench.engine.loggers import RunLog, read_rows, tee
 from mtlbench.engine.trainer import Trainer
 from mtlbench.results.store import RunFolder, StoreError, atomic_write_json, atomic_write_text, config_hash
 
@@ -73,6 +74,7 @@ def execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False) -> dic
         folder = RunFolder(c["results_dir"], dataset, method, run_id)
     if main:
         folder.acquire()
+        say = tee(say, RunLog(folder.path / "log.txt"))  # the run folder keeps every line it prints
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     try:
@@ -102,6 +104,7 @@ def execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False) -> dic
         record["world_size"] = dctx.world
     if not main:
         return record
+    record["budget"] = budget_of(read_rows(folder.path / "metrics.jsonl") or result.fit.history, c)
     atomic_write_json(folder.run_json, record)
     shutil.rmtree(folder.path / "checkpoints", ignore_errors=True)  # only for resuming an unfinished run
     folder.release()
@@ -144,6 +147,24 @@ def run_record(c: dict, result, data, run_id: str, method: str, started: str, wa
         "device": str(next(model.parameters()).device), "versions": versions(), "git_commit": git_commit(),
         "procedure_info": result.info, "config_hash": config_hash(c),
     }
+
+
+def budget_of(rows, c: dict) -> dict:
+    """What ran: steps per epoch and samples seen (from the logged epoch rows, every phase of
+    a procedure included; per phase when there are phases), next to the configured cap."""
+    rows = [r for r in rows if "steps" in r]
+    out = {"max_steps_per_epoch": c["trainer"].get("max_steps_per_epoch"),
+           "steps_per_epoch": [int(r["steps"]) for r in rows],
+           "samples_seen": int(sum(r.get("samples", 0) for r in rows))}
+    phases = {}
+    for r in rows:
+        if r.get("phase"):
+            p = phases.setdefault(r["phase"], {"steps_per_epoch": [], "samples_seen": 0})
+            p["steps_per_epoch"].append(int(r["steps"]))
+            p["samples_seen"] += int(r.get("samples", 0))
+    if phases:
+        out["phases"] = phases
+    return out
 
 
 def _child(cfg: dict):

@@ -18,7 +18,7 @@ import pandas as pd
 
 # Keys that say where things go, not what is computed: left out of the run id.
 NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume",
-                     "dataset.root", "trainer.progress", "hydra",
+                     "dataset.root", "trainer.progress", "trainer.progress_every", "logger", "hydra",
                      # switches that do not change a single-process result (resume is exact)
                      "trainer.checkpoint_every_steps", "trainer.find_unused_parameters", "trainer.sync_batchnorm")
 
