@@ -125,14 +125,16 @@ def run_cli(args: List[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(runchecks.run_help())
         return 0
+    flags, overrides = runchecks.split_flags(args)
+    msg = runchecks.check_launcher(overrides) or check_group_overrides(overrides)
+    if msg:
+        return fail(msg)
     try:
-        flags, overrides = runchecks.split_flags(args)
         jobs = runchecks.check_sweeps(overrides, multirun=any(f in ("-m", "--multirun") for f in flags))
         extra = runchecks.overlay_overrides(overrides)
     except ValueError as exc:
         return fail(str(exc))
-    msg = (runchecks.check_launcher(overrides) or check_group_overrides(overrides) or runchecks.check_additions(overrides)
-           or (runchecks.precompose(overrides + extra) if not flags else None))
+    msg = runchecks.check_additions(overrides) or (runchecks.precompose(overrides + extra) if not flags else None)
     if msg:
         return fail(msg)
     _failures.clear()
@@ -200,7 +202,8 @@ def report_cli(args: List[str]) -> int:
                        n_resamples=int(c["n_resamples"]), posthoc=c["posthoc"], seed=int(c["seed"]),
                        plots=bool(c["plots"]),
                        metrics=None if c["metrics"] is None else list(c["metrics"]) if isinstance(c["metrics"], list)
-                       else [c["metrics"]], style=c.get("style") or {}).check()
+                       else [c["metrics"]], names=c["names"], precision=c["precision"], percent=bool(c["percent"]),
+                       resizebox=bool(c["resizebox"]), footnote=c["footnote"], second_mark=c["second_mark"]).check()
         if c["dataset"] in (None, "", "all"):
             out = write_all(c["results_dir"], c["reports_dir"], opts)
         else:

@@ -50,6 +50,20 @@ class Options:
     seed: int = 0
     plots: bool = True
     metrics: Optional[Sequence[str]] = None  # only these metric names (e.g. [rmse]); None = all
+    # publication style of the tables (see tables.py): display names, digits, percent, LaTeX scaling, footnote
+    names: Optional[dict] = field(default_factory=dict)
+    precision: Optional[int] = None
+    percent: bool = False
+    resizebox: bool = False
+    footnote: str = "short"
+    second_mark: str = "italic"
+
+    def style(self):
+        from mtlbench.results.tables import Style
+
+        return Style(names=None if self.names is False or self.names is None else dict(self.names),
+                     precision=self.precision, percent=bool(self.percent), resizebox=bool(self.resizebox),
+                     footnote=self.footnote, second_mark=self.second_mark)
 
     def check(self) -> "Options":
         check_test(self.test)
@@ -59,6 +73,15 @@ class Options:
             raise ValueError(f"unknown format '{bad[0]}'; formats: {', '.join(FORMATS)} (e.g. format=[md,tex])")
         if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
             raise ValueError("alpha and confidence must lie in (0, 1), e.g. alpha=0.05 confidence=0.95")
+        if self.footnote not in ("short", "long"):
+            raise ValueError(f"footnote must be short or long (got {self.footnote!r})")
+        if self.second_mark not in ("italic", "ins", "u"):
+            raise ValueError(f"second_mark must be italic, ins or u (got {self.second_mark!r})")
+        if self.precision is not None and (isinstance(self.precision, bool) or not isinstance(self.precision, int)
+                                           or not 0 <= self.precision <= 10):
+            raise ValueError(f"precision must be a number of digits 0..10 or null (got {self.precision!r})")
+        if self.names is not None and self.names is not False and not isinstance(self.names, dict):
+            raise ValueError("names must be a mapping, e.g. names={hard_sharing: HS}, or false (identifiers)")
         return self
 
 
@@ -196,9 +219,9 @@ def write_report(results_dir, reports_dir, dataset: str, baseline: str = "stl",
     a = analyze(runset, opts)
     atomic_write_text(out / "summary.csv", summary_frame(a).to_csv(index=False))
     atomic_write_text(out / "significance.csv", a.sig.to_csv(index=False))
-    table = tables.build(a)
+    table = tables.build(a, opts.style())
     md = tables.to_markdown(table)
-    atomic_write_text(out / "summary.md", md)
+    atomic_write_text(out / "summary.md", tables.to_markdown(table, long=True))  # always the long footnote
     writers = {"md": ("table.md", lambda: md), "tex": ("table.tex", lambda: tables.to_latex(table)),
                "csv": ("table.csv", lambda: tables.to_csv(table)), "html": ("table.html", lambda: tables.to_html(table))}
     for f in opts.formats:
