@@ -203,7 +203,8 @@ def report_cli(args: List[str]) -> int:
                        plots=bool(c["plots"]),
                        metrics=None if c["metrics"] is None else list(c["metrics"]) if isinstance(c["metrics"], list)
                        else [c["metrics"]], names=c["names"], precision=c["precision"], percent=bool(c["percent"]),
-                       resizebox=bool(c["resizebox"]), footnote=c["footnote"], second_mark=c["second_mark"]).check()
+                       resizebox=bool(c["resizebox"]), footnote=c["footnote"], second_mark=c["second_mark"],
+                       columns=c["columns"]).check()
         if c["dataset"] in (None, "", "all"):
             out = write_all(c["results_dir"], c["reports_dir"], opts)
         else:

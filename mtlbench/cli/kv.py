@@ -158,8 +158,9 @@ def _has(container: dict, dotted: str) -> Tuple[bool, bool]:
     return True, False
 
 
-def resolve(command: str, overrides: Sequence[str], missing: Optional[str] = None) -> dict:
-    """``conf/<command>.yaml`` with ``overrides`` applied, resolved (raises UsageError)."""
+def resolve(command: str, overrides: Sequence[str], missing: Optional[str] = None, show: bool = False) -> dict:
+    """``conf/<command>.yaml`` with ``overrides`` applied, resolved (raises UsageError);
+    ``show``: mandatory values may stay missing (``???``, for ``--cfg job``)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -176,7 +177,7 @@ def resolve(command: str, overrides: Sequence[str], missing: Optional[str] = Non
         value = o.value()
         OmegaConf.update(base, key, value, merge=isinstance(value, dict), force_add=open_entry)
     try:
-        return OmegaConf.to_container(base, resolve=True, throw_on_missing=True)
+        return OmegaConf.to_container(base, resolve=True, throw_on_missing=not show)
     except OmegaConfBaseException as exc:
         if missing and "Missing mandatory value" in str(exc):
             raise UsageError(missing) from None
@@ -204,8 +205,10 @@ def dispatch(spec: Spec, args: Sequence[str], main: Callable[[List[str]], int]) 
         if a.cfg:
             from omegaconf import OmegaConf
 
-            for job in jobs:
-                print(OmegaConf.to_yaml(resolve(spec.name, job)), end="")
+            for k, job in enumerate(jobs, 1):
+                if len(jobs) > 1:  # one YAML document per job
+                    print(f"--- # job {k}/{len(jobs)}: {' '.join(job)}")
+                print(OmegaConf.to_yaml(resolve(spec.name, job, show=True)), end="")
             return 0
     except UsageError as exc:
         return fail(str(exc))

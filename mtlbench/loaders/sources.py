@@ -218,8 +218,6 @@ def check_taskonomy(base: Path, domains: Sequence[str] = TASKONOMY_DOMAINS[:-1])
         if absent:
             out.append(f"{len(absent)} building(s) of {csvs[0].name} absent from {base}/: {', '.join(absent[:5])}"
                        + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""))
-    else:
-        out.append(f"no split file {base}/train_val_test_<split>.csv (optional: a seeded split by building is used)")
     if not buildings:
         out.append(f"no <building>/rgb/ folder in {base}/")
     for b in buildings:

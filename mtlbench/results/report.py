@@ -57,13 +57,15 @@ class Options:
     resizebox: bool = False
     footnote: str = "short"
     second_mark: str = "italic"
+    columns: Optional[Sequence[str]] = None  # besides the metrics (tables.COLUMNS); None = all
 
     def style(self):
         from mtlbench.results.tables import Style
 
         return Style(names=None if self.names is False or self.names is None else dict(self.names),
                      precision=self.precision, percent=bool(self.percent), resizebox=bool(self.resizebox),
-                     footnote=self.footnote, second_mark=self.second_mark)
+                     footnote=self.footnote, second_mark=self.second_mark,
+                     **({} if self.columns is None else {"columns": tuple(self.columns)}))
 
     def check(self) -> "Options":
         check_test(self.test)
@@ -80,6 +82,11 @@ class Options:
         if self.precision is not None and (isinstance(self.precision, bool) or not isinstance(self.precision, int)
                                            or not 0 <= self.precision <= 10):
             raise ValueError(f"precision must be a number of digits 0..10 or null (got {self.precision!r})")
+        from mtlbench.results.tables import COLUMNS
+
+        bad = [c for c in (self.columns or ()) if c not in COLUMNS]
+        if bad:
+            raise ValueError(f"unknown column '{bad[0]}'; columns: {', '.join(COLUMNS)} (e.g. columns=[params,delta])")
         if self.names is not None and self.names is not False and not isinstance(self.names, dict):
             raise ValueError("names must be a mapping, e.g. names={hard_sharing: HS}, or false (identifiers)")
         return self

@@ -54,6 +54,8 @@ NAMES = {
 }
 # metrics reported as fractions in [0, 1] (percent=true shows them ×100)
 FRACTIONS = {"accuracy", "miou", "pixel_acc", "auc", "explained_variance"}
+# the columns besides the metrics (columns=[...] picks; "ci": the CI of Δ)
+COLUMNS = ("n", "params", "params_rel", "flops", "time", "delta", "ci", "rank")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Style:
     resizebox: bool = False
     footnote: str = "short"                     # short | long
     second_mark: str = "italic"                 # markdown: italic | ins | u
+    columns: tuple = COLUMNS                    # which columns besides the metrics
 
     def name(self, key: str) -> str:
         if self.names is None:
@@ -92,6 +95,7 @@ class Column:
     arrow: str = ""                           # ↑ / ↓ / ""
     group_name: str = ""                      # display names (md, tex, html)
     label_name: str = ""
+    key: str = ""                             # metric | one of COLUMNS
 
 
 @dataclass
@@ -141,7 +145,7 @@ def build(a, style: Optional[Style] = None) -> Table:
     o, rs = a.opts, a.runset
     style = style or Style()
     symbol, definition, d_hib = delta_info(o.delta)
-    cols = [Column("", "n")]
+    cols = [Column("", "n", key="n")]
     grid = [[Cell(text=str(int(a.n[m]))) for m in a.methods]]
     marks = {(r.method, r.task, r.metric): r.mark for r in a.sig.itertuples()}
     for task, metric in a.means.columns:
@@ -149,7 +153,7 @@ def build(a, style: Optional[Style] = None) -> Table:
         pct = style.percent and metric in FRACTIONS
         k, prec = (100.0, 2 if style.precision is None else style.precision) if pct else (1.0, style.precision)
         cols.append(Column(task, metric + (" (%)" if pct else ""), "" if hib is None else ("↑" if hib else "↓"),
-                           style.name(task), style.name(metric) + (" (%)" if pct else "")))
+                           style.name(task), style.name(metric) + (" (%)" if pct else ""), key="metric"))
         col = []
         for m in a.methods:
             mu, sd = a.means.loc[m, (task, metric)] * k, a.stds.loc[m, (task, metric)] * k
@@ -159,27 +163,28 @@ def build(a, style: Optional[Style] = None) -> Table:
             _emphasize(col, hib)
         grid.append(col)
     base = o.baseline if a.has_baseline else None
-    cols += [Column("", "#params"), Column("", f"×{base}" if base else "×base"), Column("", "FLOPs"),
-             Column("", "time (s)")]
+    cols += [Column("", "#params", key="params"),
+             Column("", f"×{base}" if base else "×base", label_name=f"×{style.name(base)}" if base else "", key="params_rel"),
+             Column("", "FLOPs", key="flops"), Column("", "time (s)", key="time")]
     grid.append([Cell(text=_si(a.cost.loc[m, "params"])) for m in a.methods])
     grid.append([Cell(text=f"{a.cost.loc[m, 'params_rel']:.2f}×" if np.isfinite(a.cost.loc[m, "params_rel"])
                       else "–") for m in a.methods])
     grid.append([Cell(text=_si(a.cost.loc[m, "flops"])) for m in a.methods])
     grid.append([Cell(text=f"{a.cost.loc[m, 'wall_time_s']:.0f}" if np.isfinite(a.cost.loc[m, "wall_time_s"])
                       else "–") for m in a.methods])
-    cols.append(Column("", f"{symbol} (%)", "↑" if d_hib else "↓"))
+    cols.append(Column("", f"{symbol} (%)", "↑" if d_hib else "↓", key="delta"))
     col = []
     for m in a.methods:
         d = a.deltas[o.delta].get(m)
         if d is None or not np.isfinite(d.delta):
             col.append(Cell())
             continue
-        ci = (f"{d.low:+.2f}", f"{d.high:+.2f}") if np.isfinite(d.low) else None
+        ci = (f"{d.low:+.2f}", f"{d.high:+.2f}") if np.isfinite(d.low) and "ci" in style.columns else None
         # the baseline's own Δ is 0 by definition: shown, never ranked or marked
         col.append(Cell(math.nan if m == base else d.delta, f"{d.delta:+.2f}", ci=ci))
     _emphasize(col, d_hib)
     grid.append(col)
-    cols.append(Column("", "mean rank", "↓"))
+    cols.append(Column("", "mean rank", "↓", key="rank"))
     col = [Cell(a.mean_rank[m], f"{a.mean_rank[m]:.2f}") if np.isfinite(a.mean_rank[m]) else Cell()
            for m in a.methods]
     _emphasize(col, False)
@@ -187,24 +192,26 @@ def build(a, style: Optional[Style] = None) -> Table:
     for c in cols:
         c.group_name = c.group_name or (style.name(c.group) if c.group else "")
         c.label_name = c.label_name or c.label
+    keep = [j for j, c in enumerate(cols) if c.key == "metric" or c.key in style.columns]
+    cols, grid = [cols[j] for j in keep], [grid[j] for j in keep]
     cells = [[grid[j][i] for j in range(len(cols))] for i in range(len(a.methods))]
     long = footnotes(a, symbol, definition)
-    short = short_footnotes(a, symbol) if style.footnote == "short" else long
+    short = short_footnotes(a, symbol, style) if style.footnote == "short" else long
     return Table(f"{rs.dataset}: {o.split} metrics, mean ± std over seeds", list(a.methods), cols, cells,
                  short, [style.name(m) for m in a.methods], style, long)
 
 
-def short_footnotes(a, symbol: str) -> List[str]:
+def short_footnotes(a, symbol: str, style: Style) -> List[str]:
     """n, the test and Δ in two sentences (``footnote=long``: the protocol and every note)."""
     o = a.opts
     ns = ", ".join(str(n) for n in sorted({int(x) for x in a.n}))
     out = [f"Mean ± std over n = {ns} seeds ({o.split} split); ↑/↓: higher/lower is better; bold: best, "
            f"underlined (Markdown: italics): second best."]
     if a.has_baseline:
-        name = a.opts.baseline
+        name = style.name(a.opts.baseline)
         out.append(f"†/‡: significantly better/worse than {name} ({TESTS[o.test]}, Holm, α = {o.alpha:g}). "
-                   f"{symbol} (%): relative change vs {name}, {'positive = better' if o.delta == 'delta_t' else 'positive = worse'}, "
-                   f"[{o.confidence:.0%} bootstrap CI].")
+                   f"{symbol} (%): relative change vs {name}, {'positive = better' if o.delta == 'delta_t' else 'positive = worse'}"
+                   + (f", [{o.confidence:.0%} bootstrap CI]." if "ci" in style.columns else "."))
     return out
 
 
