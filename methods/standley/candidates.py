@@ -53,6 +53,7 @@ class CandidatePool:
         self.trained: List[str] = []
         self.reused: List[str] = []
         self.train_time_s = 0.0
+        self.total: Optional[int] = None  # candidates planned, when known: "candidate k/N"
 
     def get(self, group: Sequence[str], half: bool = False, epoch_fraction: Optional[float] = None) -> dict:
         c = candidate_config(self.cfg, group, self.arch, half=half, epoch_fraction=epoch_fraction)
@@ -64,7 +65,8 @@ class CandidatePool:
             raise RuntimeError(f"candidate {label} did not complete: {rec.get('reason')}")
         (self.reused if cached else self.trained).append(label)
         self.train_time_s += float(rec.get("train_time_s") or 0.0)
-        self.say(f"candidate {label}: {'cached' if cached else 'trained'} "
+        k = len(self.trained) + len(self.reused)
+        self.say(f"candidate {k}{f'/{self.total}' if self.total else ''} {label}: {'cached' if cached else 'trained'} "
                  f"({'' if cached else f'{time.perf_counter() - t0:.1f}s, '}run {rec['run_id']})")
         return rec
 

@@ -50,17 +50,23 @@ def _value_tokens(value) -> List[str]:
     return ["null" if value is None else str(value)]
 
 
-def to_flags(parser: argparse.ArgumentParser, overrides: List[str], name: str) -> List[str]:
-    """``key=value`` overrides -> the parser's own ``--key value`` tokens."""
+def to_flags(parser: argparse.ArgumentParser, overrides: List[str], name: str, strict: bool = True):
+    """``key=value`` overrides -> (the parser's own ``--key value`` tokens, the overrides that
+    name no option: an error when ``strict``, else passed on as they are, e.g. the config
+    overrides ``bench affinity`` takes)."""
     from mtlbench.cli.kv import parse, unknown_key
 
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS
                and a.dest != "help"}
     out: List[str] = []
-    for o in parse(overrides):
+    other: List[str] = []
+    for o, text in zip(parse(overrides), overrides):
         key = o.key_or_group.replace("-", "_")
         if key not in actions:
-            raise BenchArgError(unknown_key(f"bench {name}", o.key_or_group, sorted(actions)))
+            if strict:
+                raise BenchArgError(unknown_key(f"bench {name}", o.key_or_group, sorted(actions)))
+            other.append(text)
+            continue
         act = actions[key]
         if o.is_sweep_override():
             raise BenchArgError(f"{o.input_line}: benchmarks do not sweep; for several values write "
@@ -73,7 +79,7 @@ def to_flags(parser: argparse.ArgumentParser, overrides: List[str], name: str) -
             out += [flag] if value == isinstance(act, argparse._StoreTrueAction) else []
         else:
             out += [flag, *_value_tokens(value)]
-    return out
+    return out, other
 
 
 @contextlib.contextmanager
@@ -86,29 +92,48 @@ def _style(name: str, args: List[str]):
     if show:
         i = rest.index("--cfg")
         del rest[i:i + 2]
-    orig_parse, orig_error = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.error
+    orig_parse, orig_known = argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args
+    orig_error = argparse.ArgumentParser.error
+    ours = lambda parser: str(parser.prog).startswith(PROG)  # noqa: E731
 
-    def parse_args(self, argv=None, namespace=None):
-        if not str(self.prog).startswith(PROG):
-            return orig_parse(self, argv, namespace)
-        ns = orig_parse(self, to_flags(self, overrides, name) + rest, namespace)
+    def shown(ns, extra=()):
         if show:
             from omegaconf import OmegaConf
 
-            print(OmegaConf.to_yaml({k: v for k, v in vars(ns).items() if k != "one"}), end="")
+            opts = {k: v for k, v in vars(ns).items() if k != "one"}
+            print(OmegaConf.to_yaml({**opts, **({"overrides": list(extra)} if extra else {})}), end="")
             raise SystemExit(0)
+
+    def parse_args(self, argv=None, namespace=None):
+        if not ours(self):
+            return orig_parse(self, argv, namespace)
+        flags, _ = to_flags(self, overrides, name, strict=True)
+        ns, extra = orig_known(self, flags + rest, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        shown(ns)
         return ns
 
+    def parse_known_args(self, argv=None, namespace=None):
+        if not ours(self):
+            return orig_known(self, argv, namespace)
+        flags, other = to_flags(self, overrides, name, strict=False)
+        ns, extra = orig_known(self, flags + rest + other, namespace)
+        shown(ns, extra)
+        return ns, extra
+
     def error(self, message):
-        if not str(self.prog).startswith(PROG):
+        if not ours(self):
             return orig_error(self, message)
         raise BenchArgError(f"bench {name}: {message} (python -m mtlbench bench {name} --help)")
 
-    argparse.ArgumentParser.parse_args, argparse.ArgumentParser.error = parse_args, error
+    argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = parse_args, parse_known_args
+    argparse.ArgumentParser.error = error
     try:
         yield
     finally:
-        argparse.ArgumentParser.parse_args, argparse.ArgumentParser.error = orig_parse, orig_error
+        argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args = orig_parse, orig_known
+        argparse.ArgumentParser.error = orig_error
 
 
 def main(args: List[str]) -> int:

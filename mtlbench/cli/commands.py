@@ -154,8 +154,9 @@ def run_cli(args: List[str]) -> int:
     os.environ["MTLBENCH_SWEEP_JOBS"] = str(jobs)
     # launcher workers (joblib's reused processes, SLURM jobs) get it through Hydra
     env_override = f"++hydra.job.env_set.MTLBENCH_FAILURES={failures_file}"
+    jobs_override = [f"++hydra.job.env_set.MTLBENCH_SWEEP_JOBS={jobs}"] if jobs > 1 else []
     saved = sys.argv
-    sys.argv = ["mtlbench run", *flags, *overrides, *extra, env_override]  # Hydra takes flags first
+    sys.argv = ["mtlbench run", *flags, *overrides, *extra, env_override, *jobs_override]  # Hydra: flags first
     try:
         _hydra_app()()
     except SystemExit as exc:
