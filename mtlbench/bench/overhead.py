@@ -27,6 +27,11 @@ from mtlbench.tasks import ClassificationTask
 from mtlbench.engine.trainer import Trainer
 
 
+# the default run's model and batch size (conf/dataset/multimnist.yaml)
+DEFAULT_BACKBONE = {"name": "small_cnn", "width": 16, "depths": [1, 1, 1], "stem_stride": 2}
+BATCH = 64
+
+
 def _bare_epoch(model, balancer, ctx, optimizer, batches: List[Batch], names):
     """A hand-written loop: forward, cross-entropy per task, the method's own backward
     (its balancer: for equal weights exactly ``sum(losses).backward()``), step."""
@@ -88,12 +93,12 @@ def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400, methods: 
     progress(f"tiny model: {repeats} interleaved repeats of {tiny_steps} steps")
     rows.append(measure("tiny (mlp w8, batch 8)", model, bal, tasks, tiny, repeats))
     # the default run's model on real MultiMNIST batches
-    data = DATASETS.get("multimnist")(root=None, split_seed=0, n_train=128 * steps, n_val=10, n_test=10)
-    batches = list(data.splits["train"].batches(128, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    model, bal = _setup("hard_sharing", {"name": "small_cnn", "width": 16, "depths": [1, 1, 1]},
+    data = DATASETS.get("multimnist")(root=None, split_seed=0, n_train=BATCH * steps, n_val=10, n_test=10)
+    batches = list(data.splits["train"].batches(BATCH, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    model, bal = _setup("hard_sharing", DEFAULT_BACKBONE,
                         data.tasks, data.input_shape)
     progress(f"default model: {repeats} interleaved repeats of {len(batches)} steps")
-    rows.append(measure("default (multimnist small_cnn, batch 128)", model, bal, data.tasks, batches, repeats))
+    rows.append(measure(f"default (multimnist small_cnn, batch {BATCH})", model, bal, data.tasks, batches, repeats))
     # other methods on the same model and batches (the bare loop runs the same method)
     for arch, balancer in (("hard_sharing", "uw"), ("hard_sharing", "dwa"), ("mtan", "equal"),
                            ("adashare", "equal")) if methods else ():
@@ -101,12 +106,12 @@ def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400, methods: 
             continue
         progress(f"{arch}+{balancer}: {repeats} interleaved repeats of {max(steps // 2, 4)} steps")
         try:
-            model, bal = _setup(arch, {"name": "small_cnn", "width": 16, "depths": [1, 1, 1]}, data.tasks,
+            model, bal = _setup(arch, DEFAULT_BACKBONE, data.tasks,
                                 data.input_shape, balancer=balancer)
         except ValueError as exc:  # an architecture that needs another backbone
             print(f"skipped {arch}+{balancer}: {exc}")
             continue
-        rows.append(measure(f"{arch}+{balancer} (multimnist small_cnn, batch 128)", model, bal, data.tasks,
+        rows.append(measure(f"{arch}+{balancer} (multimnist small_cnn, batch {BATCH})", model, bal, data.tasks,
                             batches[: max(steps // 2, 4)], repeats))
     return rows
 
