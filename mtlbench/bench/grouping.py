@@ -88,15 +88,12 @@ def bench_n(n: int, seed: int, max_exact: int, width: int) -> List[dict]:
 
 def main(args: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m mtlbench bench grouping", description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, nargs="+", default=None,
-                   help="numbers of tasks (default 5 8 10 20 50 139)")
-    p.add_argument("--full", action="store_true", help="the same sizes (this benchmark's default already runs "
-                                                       "in minutes); kept for the one style of every bench")
+    p.add_argument("--n", type=int, nargs="+", default=[5, 8, 10, 20, 50, 139],
+                   help="numbers of tasks (the default runs in a minute or two: no --full)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-exact", type=int, default=10, help="largest n solved exactly over all subsets")
     p.add_argument("--width", type=int, default=4, help="beam width")
     a = p.parse_args(args)
-    a.n = a.n or [5, 8, 10, 20, 50, 139]
     if any(n < 2 for n in a.n) or a.max_exact > 14:
         print("mtlbench: error: --n values must be >= 2 and --max-exact <= 14 (2^n candidates)")
         return 2
