@@ -36,8 +36,8 @@ COLUMNS = [
 NUMERIC = ["age", "wage_per_hour", "capital_gains", "capital_losses", "stock_dividends", "num_emp", "weeks_worked"]
 DROPPED = ["instance_weight", "income_50k", "marital_stat"]
 TASKS = ["income", "never_married"]
-HOW = ("get census-income.test.gz (UCI Census-Income (KDD); e.g. github.com/drawbridge/keras-mmoe, data/) "
-       "and set dataset.root=<folder holding it>")
+HOW = ("get it with `python -m mtlbench data census_income` (census-income.test.gz, UCI Census-Income (KDD)) "
+       "or set dataset.root=<folder holding it>")
 
 
 def read_table(path):

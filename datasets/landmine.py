@@ -20,8 +20,8 @@ from mtlbench.core.registry import DATASETS
 from mtlbench.tasks.tabular import BinaryTask
 from mtlbench.loaders.tabular import check_fractions, per_task_split, pooled_splits, read_cell_tasks
 
-HOW = ("get LandmineData.mat (Xue et al. 2007; e.g. github.com/daizhongxiang/Federated_Bayesian_Optimization) "
-       "and set dataset.root=<folder holding it>")
+HOW = ("get it with `python -m mtlbench data landmine` (LandmineData.mat, Xue et al. 2007) "
+       "or set dataset.root=<folder holding it>")
 
 
 @DATASETS.register("landmine")

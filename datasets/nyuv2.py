@@ -63,6 +63,9 @@ NYU_TEST_FRACTION = 654 / 1449
 
 
 # ----------------------------------------------------------------------------- reading
+CHECK = "`python -m mtlbench data check <dataset> root=<folder>` lists everything missing"
+
+
 def _why(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -73,7 +76,7 @@ def load_npy(path: Path, layout: str) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
-        raise DataError(f"missing file {path}; expected layout: {layout}") from None
+        raise DataError(f"missing file {path}; expected layout: {layout}; {CHECK}") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"cannot read {path} ({_why(exc)}): truncated or not a .npy array; "
                         f"re-create or re-download it") from None
@@ -88,7 +91,7 @@ def read_png(path: Path, layout: str) -> np.ndarray:
             im.load()
             a = np.array(im)
     except FileNotFoundError:
-        raise DataError(f"missing file {path}; expected layout: {layout}") from None
+        raise DataError(f"missing file {path}; expected layout: {layout}; {CHECK}") from None
     except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError is an OSError
         raise DataError(f"cannot read {path} ({_why(exc)}): truncated or not a PNG image; "
                         f"re-create or re-download it") from None
@@ -180,7 +183,7 @@ class MTANFolder(DenseDataset):
         self.folder, self.spec, self.layout = Path(folder), spec, layout
         img = self.folder / "image"
         if not img.is_dir():
-            raise DataError(f"missing folder {img}; expected layout: {layout}")
+            raise DataError(f"missing folder {img}; expected layout: {layout}; {CHECK}")
         self.ids = sorted(int(p.stem) for p in img.glob("*.npy") if p.stem.isdigit())
         if not self.ids:
             raise DataError(f"no <i>.npy files in {img}; expected layout: {layout}")
@@ -190,7 +193,7 @@ class MTANFolder(DenseDataset):
             missing = [i for i in self.ids if f"{i}.npy" not in have]
             if missing:
                 raise DataError(f"missing file {d / f'{missing[0]}.npy'} ({len(missing)} of {sub}/ missing); "
-                                f"expected layout: {layout}")
+                                f"expected layout: {layout}; {CHECK}")
         self.hw = tuple(load_npy(img / f"{self.ids[0]}.npy", layout).shape[:2])
 
     def __len__(self) -> int:
@@ -222,7 +225,8 @@ def locate(root, sub: str, detect: Callable[[Path], bool]) -> Optional[Path]:
 
 def not_found(what: str, root, sub: str, layout: str) -> DataError:
     where = f"{root} (nor {Path(root) / sub})" if root else "(no dataset.root set)"
-    return DataError(f"{what} not found at {where}: expected {layout}; set dataset.root=<folder>")
+    return DataError(f"{what} not found at {where}: expected {layout}; get it with `python -m mtlbench data {sub}` "
+                     f"(python -m mtlbench data list: where it comes from) or set dataset.root=<folder>")
 
 
 def augmenter(kinds, augment: bool, scales, ignore_values=None) -> Optional[Augmenter]:
@@ -312,7 +316,7 @@ def _adashare_items(root: Path, split_seed: int, test_fraction: float):
     for it in items:
         for rel in it:
             if not (root / rel).is_file():
-                raise DataError(f"missing file {root / rel}; expected {ADASHARE_LAYOUT}")
+                raise DataError(f"missing file {root / rel}; expected {ADASHARE_LAYOUT}; {CHECK}")
     if len(items) < 3:
         raise DataError(f"only {len(items)} image(s) in {root / 'img'}: a seeded train/val/test split needs 3")
     rest, test = carve_val_indices(len(items), float(test_fraction), int(split_seed))

@@ -21,8 +21,8 @@ from mtlbench.core.registry import DATASETS
 from mtlbench.tasks.tabular import RegressionTask
 from mtlbench.loaders.tabular import check_fractions, per_task_split, pooled_splits, read_cell_tasks, task_scales
 
-HOW = ("get school.mat from MALSAR (github.com/jiayuzhou/MALSAR, data/school.mat) and set "
-       "dataset.root=<folder holding it>")
+HOW = ("get it with `python -m mtlbench data school` (MALSAR's data/school.mat, github.com/jiayuzhou/MALSAR) "
+       "or set dataset.root=<folder holding it>")
 
 
 @DATASETS.register("school")

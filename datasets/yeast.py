@@ -1,6 +1,7 @@
 """Yeast multi-label gene functions (Elisseeff & Weston 2001; MULAN's version), embedded:
 the copy bundled in the ``river`` package (``river.datasets.Yeast``: 2,417 genes, 103
-features, 14 functional classes), no data root needed.
+features, 14 functional classes), no data root needed. ``river`` is the optional extra
+``yeast`` (``pip install -e ".[yeast]"``; the ``dev`` extra includes it).
 
 Tasks: the 14 labels ``Class1`` .. ``Class14``, each a binary task (``auc`` ↑,
 ``accuracy`` ↑), every sample labelled for every task (no masks). Split: seeded by
@@ -26,7 +27,8 @@ def load_arrays():
     try:
         from river.datasets import Yeast
     except ImportError as exc:
-        raise DataError("the yeast dataset needs the 'river' package: pip install river") from exc
+        raise DataError("the yeast dataset is bundled in the optional 'river' package: pip install -e \".[yeast]\" "
+                        "(or pip install river)") from exc
     df = pd.read_csv(Yeast().path)
     labels = [c for c in df.columns if c.startswith("Class")]
     feats = [c for c in df.columns if c not in labels]

@@ -20,3 +20,11 @@ def load_runs(results_dir="results", status=None):
     from mtlbench.results.store import load_runs as _load_runs
 
     return _load_runs(results_dir, status=status)
+
+
+def load_history(results_dir="results"):
+    """Every run's per-epoch rows (train losses, val metrics, lr, balancer weights, steps...)
+    as one DataFrame (see mtlbench.engine.loggers)."""
+    from mtlbench.engine.loggers import load_history as _load_history
+
+    return _load_history(results_dir)

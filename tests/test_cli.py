@@ -135,7 +135,7 @@ def test_report_after_sweep(sweep, tmp_path, capsys):
     assert rows.loc["stl", "delta_t"] == pytest.approx(0.0)
     assert rows.loc["hard_sharing", "params"] < rows.loc["stl", "params"]
     md = (reports / "multimnist" / "summary.md").read_text()
-    assert "hard_sharing" in md and "Δ_T" in md
+    assert "Hard sharing" in md and "Δ_T" in md  # display names (names=false: identifiers)
 
 
 def test_report_methods_filter_keeps_the_baseline(sweep, tmp_path, capsys):

@@ -163,6 +163,7 @@ class AdaShareProcedure(Procedure):
 
         # 1. warm-up (hard sharing)
         t0 = time.perf_counter()
+        ctx.say(f"adashare: phase 1/4 warm-up ({n_warm} epochs)")
         model.set_mode("shared")
         if n_warm:
             wfit = ctx.make_trainer(epochs=n_warm).fit(model, balancer, val_only, seed=ctx.seed, slot="warmup",
@@ -175,6 +176,7 @@ class AdaShareProcedure(Procedure):
 
         # 2. search + selection on val
         t0 = time.perf_counter()
+        ctx.say(f"adashare: phase 2/4 policy search ({n_cycles} cycles)")
         search = run_search(self, ctx, trainer, model, balancer, n_cycles, ref, ref_loss,
                             self._logger(ctx, "search"))
         phases.append({"phase": "search", "cycles": n_cycles, "wall_time_s": round(time.perf_counter() - t0, 3),
@@ -192,6 +194,7 @@ class AdaShareProcedure(Procedure):
             candidates = [model.sample_policy(gen) for _ in range(self.retrain_samples)]
         best, retrained = None, []
         for i, policy in enumerate(candidates):
+            ctx.say(f"adashare: phase 3/4 retrain, candidate {i + 1}/{len(candidates)} ({n_retrain} epochs)")
             m = ctx.build_model(tasks)
             m.load_state_dict(init_state)
             m.set_policy(policy)
@@ -207,6 +210,7 @@ class AdaShareProcedure(Procedure):
 
         # 4. test: the only read of the test split
         t0 = time.perf_counter()
+        ctx.say("adashare: phase 4/4 test")
         _, chosen, final, rfit = best
         test, test_losses = trainer.evaluate(final, data.splits["test"], tasks)
         phases.append({"phase": "test", "wall_time_s": round(time.perf_counter() - t0, 3)})

@@ -50,6 +50,7 @@ class CandidatePool:
         self.trained: List[str] = []
         self.reused: List[str] = []
         self.train_time_s = 0.0
+        self.total: Optional[int] = None  # candidates planned, when known: "candidate k/N"
         self.halves: Dict[str, tuple] = {}   # task -> (backbone node, measured cost info)
 
     def half_node(self, task: str) -> tuple:
@@ -73,7 +74,8 @@ class CandidatePool:
             raise RuntimeError(f"candidate {label} did not complete: {rec.get('reason')}")
         (self.reused if cached else self.trained).append(label)
         self.train_time_s += float(rec.get("train_time_s") or 0.0)
-        self.say(f"candidate {label}: {'cached' if cached else 'trained'} "
+        k = len(self.trained) + len(self.reused)
+        self.say(f"candidate {k}{f'/{self.total}' if self.total else ''} {label}: {'cached' if cached else 'trained'} "
                  f"({'' if cached else f'{time.perf_counter() - t0:.1f}s, '}run {rec['run_id']})")
         return rec
 

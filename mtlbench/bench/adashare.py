@@ -84,11 +84,14 @@ def run(dataset: str = "scenes", batch_size: int = 32, steps: int = 6, repeats: 
         else:
             trainer.train_pass(sessions[name], batches)
 
+    from mtlbench.bench import progress
+
     order = ["hard", "paths", "ada", "policy"]
     for n in order:  # warm-up
         step(n)
     times = {n: [] for n in order}
     for r in range(repeats):
+        progress(f"repeat {r + 1}/{repeats} (4 kinds of step x {len(batches)})")
         for n in (order if r % 2 == 0 else order[::-1]):
             t0 = time.perf_counter()
             step(n)

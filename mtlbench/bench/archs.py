@@ -37,9 +37,12 @@ def archs(dataset: str = "multimnist", batch_size: int = 32, steps: int = 8, rep
     times every configuration once, in turn (medians over repeats)."""
     data, batches, bcfg = dataset_batches(dataset, batch_size, steps)
     pairs = [(a, "equal") for a in ARCHS.names()] + [("hard_sharing", b) for b in BALANCERS.names() if b != "equal"]
+    from mtlbench.bench import progress
+
     trainer = Trainer(epochs=1, batch_size=batch_size, device="cpu", progress=False)
     sessions = {}
-    for arch, bal in pairs:
+    for k, (arch, bal) in enumerate(pairs, 1):
+        progress(f"{k}/{len(pairs)}: {arch} + {bal}")
         torch.manual_seed(0)
         model = ARCHS.get(arch)(lambda: build_backbone(bcfg, data.input_shape), data.tasks)
         sessions[(arch, bal)] = trainer.prepare(model, BALANCERS.get(bal)(data.task_names), data.tasks)
@@ -72,4 +75,6 @@ def main(args: List[str]) -> int:
     print(f"{'arch':16s} {'balancer':10s} {'params':>10s} {'ms/step':>9s} {'x hard_sharing+equal':>21s}")
     for r in rows:
         print(f"{r['arch']:16s} {r['balancer']:10s} {r['params']:10,d} {r['ms']:9.2f} {r['ratio']:21.2f}")
+    worst = max(rows, key=lambda r: r["ratio"])
+    print(f"slowest step vs hard_sharing + equal: {worst['arch']} + {worst['balancer']} {worst['ratio']:.2f}x")
     return 0

@@ -88,7 +88,8 @@ def bench_n(n: int, seed: int, max_exact: int, width: int) -> List[dict]:
 
 def main(args: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m mtlbench bench grouping", description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, nargs="+", default=[5, 8, 10, 20, 50, 139], help="numbers of tasks")
+    p.add_argument("--n", type=int, nargs="+", default=[5, 8, 10, 20, 50, 139],
+                   help="numbers of tasks (the default runs in a minute or two: no --full)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-exact", type=int, default=10, help="largest n solved exactly over all subsets")
     p.add_argument("--width", type=int, default=4, help="beam width")

@@ -6,6 +6,8 @@ PyTorch loop, interleaved, and reports medians: the ratio trainer / bare and the
 cost per step in ms. Both loops release gradients alike (``zero_grad(set_to_none=True)``).
 Two models: the default run's model (hard sharing, small_cnn, MultiMNIST batches of
 the default batch size) and a tiny MLP whose step is so cheap that fixed costs show.
+``--full`` adds rows for other methods on the default model (uw, dwa, mtan, adashare: the
+long part, minutes) and more repeats; the default finishes in about a minute.
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ from mtlbench.core.data import Batch
 from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS
 from mtlbench.tasks import ClassificationTask
 from mtlbench.engine.trainer import Trainer
+
+
+# the default run's model and batch size (conf/dataset/multimnist.yaml)
+DEFAULT_BACKBONE = {"name": "small_cnn", "width": 16, "depths": [1, 1, 1], "stem_stride": 2}
+BATCH = 64
 
 
 def _bare_epoch(model, balancer, ctx, optimizer, batches: List[Batch], names):
@@ -72,7 +79,9 @@ def measure(name, model, balancer, tasks, batches, repeats: int):
             "ratio": tr / bare, "fixed_ms": (tr - bare) * 1e3}
 
 
-def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400) -> List[dict]:
+def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400, methods: bool = True) -> List[dict]:
+    from mtlbench.bench import progress
+
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     # tiny model: 16 features -> residual MLP of width 8 -> two 4-way heads, batch 8
@@ -81,35 +90,41 @@ def overhead(repeats: int = 7, steps: int = 30, tiny_steps: int = 400) -> List[d
     tiny = [Batch(torch.randn(8, 16, generator=g),
                   {t.name: torch.randint(0, 4, (8,), generator=g) for t in tasks}) for _ in range(tiny_steps)]
     model, bal = _setup("hard_sharing", {"name": "mlp", "width": 8, "depth": 1}, tasks, (16,))
+    progress(f"tiny model: {repeats} interleaved repeats of {tiny_steps} steps")
     rows.append(measure("tiny (mlp w8, batch 8)", model, bal, tasks, tiny, repeats))
     # the default run's model on real MultiMNIST batches
-    data = DATASETS.get("multimnist")(root=None, split_seed=0, n_train=128 * steps, n_val=10, n_test=10)
-    batches = list(data.splits["train"].batches(128, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    model, bal = _setup("hard_sharing", {"name": "small_cnn", "width": 16, "depths": [1, 1, 1]},
+    data = DATASETS.get("multimnist")(root=None, split_seed=0, n_train=BATCH * steps, n_val=10, n_test=10)
+    batches = list(data.splits["train"].batches(BATCH, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    model, bal = _setup("hard_sharing", DEFAULT_BACKBONE,
                         data.tasks, data.input_shape)
-    rows.append(measure("default (multimnist small_cnn, batch 128)", model, bal, data.tasks, batches, repeats))
+    progress(f"default model: {repeats} interleaved repeats of {len(batches)} steps")
+    rows.append(measure(f"default (multimnist small_cnn, batch {BATCH})", model, bal, data.tasks, batches, repeats))
     # other methods on the same model and batches (the bare loop runs the same method)
     for arch, balancer in (("hard_sharing", "uw"), ("hard_sharing", "dwa"), ("mtan", "equal"),
-                           ("adashare", "equal")):
+                           ("adashare", "equal")) if methods else ():
         if arch not in ARCHS.names() or balancer not in BALANCERS.names():
             continue
+        progress(f"{arch}+{balancer}: {repeats} interleaved repeats of {max(steps // 2, 4)} steps")
         try:
-            model, bal = _setup(arch, {"name": "small_cnn", "width": 16, "depths": [1, 1, 1]}, data.tasks,
+            model, bal = _setup(arch, DEFAULT_BACKBONE, data.tasks,
                                 data.input_shape, balancer=balancer)
         except ValueError as exc:  # an architecture that needs another backbone
             print(f"skipped {arch}+{balancer}: {exc}")
             continue
-        rows.append(measure(f"{arch}+{balancer} (multimnist small_cnn, batch 128)", model, bal, data.tasks,
+        rows.append(measure(f"{arch}+{balancer} (multimnist small_cnn, batch {BATCH})", model, bal, data.tasks,
                             batches[: max(steps // 2, 4)], repeats))
     return rows
 
 
 def main(args: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m mtlbench bench overhead", description="trainer vs bare PyTorch loop")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--steps", type=int, default=30, help="steps per epoch on the default model")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5; --full 7)")
+    p.add_argument("--steps", type=int, default=None, help="steps per epoch on the default model (default 20; --full 30)")
+    p.add_argument("--full", action="store_true", help="the long version: more repeats and steps, plus the "
+                                                       "uw / dwa / mtan / adashare rows (minutes)")
     ns = p.parse_args(args)
-    rows = overhead(ns.repeats, ns.steps)
+    repeats, steps = ns.repeats or (7 if ns.full else 5), ns.steps or (30 if ns.full else 20)
+    rows = overhead(repeats, steps, 400 if ns.full else 200, methods=ns.full)
     print(f"{'model':44s} {'steps':>6s} {'bare ms/step':>13s} {'trainer ms/step':>16s} {'ratio':>7s} {'fixed ms/step':>14s}")
     for r in rows:
         print(f"{r['model']:44s} {r['steps']:6d} {r['bare_ms']:13.3f} {r['trainer_ms']:16.3f} "

@@ -6,7 +6,8 @@ evaluation samples per second through the common trainer (``Trainer.train_pass``
 CPU: resident memory after training minus before the model was built, in a fresh
 process per measurement),
 with option variants side by side (default fp32, ``amp=bf16``, ``channels_last`` for
-image inputs). Ratios are to hard sharing with the same options. Procedures that
+image inputs). Ratios are to hard sharing with the same options. By default hard sharing
+and MTAN only (a couple of minutes); ``--full`` (or ``--methods``) measures every preset. Procedures that
 compose several trainer runs (AdaShare, task grouping) are measured on the step they
 repeat: AdaShare's architecture in search mode; grouping candidates are hard-sharing
 runs (their row would repeat hard sharing's, so they are left out and said so).
@@ -109,7 +110,9 @@ def _skip_reason(method: str, dataset: str) -> Optional[str]:
 def main(args: List[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m mtlbench bench throughput")
     p.add_argument("--datasets", nargs="+", default=["multimnist", "scenes"])
-    p.add_argument("--methods", nargs="+", default=None, help="method presets (default: all)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="method presets (default: hard_sharing mtan; --full: every preset)")
+    p.add_argument("--full", action="store_true", help="the long version: every method preset")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=6)
@@ -119,15 +122,22 @@ def main(args: List[str]) -> int:
     if ns.one:
         print(json.dumps(measure_one(*ns.one, ns.batch_size, ns.steps, ns.device)))
         return 0
-    methods = ns.methods or _methods()
+    from mtlbench.bench import progress
+
+    methods = ns.methods or (_methods() if ns.full else ["hard_sharing", "mtan"])
     rows, skipped = [], []
+    jobs = len(ns.datasets) * len(methods) * len(ns.variants)
+    k = 0
     for dataset in ns.datasets:
         for method in methods:
             why = _skip_reason(method, dataset)
             if why:
                 skipped.append(f"{method} on {dataset}: {why}")
+                k += len(ns.variants)
                 continue
             for variant in ns.variants:
+                k += 1
+                progress(f"{k}/{jobs}: {method} on {dataset} ({variant}), a fresh process")
                 cmd = [sys.executable, "-m", "mtlbench", "bench", "throughput", "--one", method, dataset, variant,
                        "--batch-size", str(ns.batch_size), "--steps", str(ns.steps), "--device", ns.device]
                 out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
@@ -149,4 +159,11 @@ def main(args: List[str]) -> int:
               f"{rt('train_sps')} {r['eval_sps']:9.1f} {rt('eval_sps')} {r['peak_mb']:9.0f} {rt('peak_mb')}")
     for s in skipped:
         print(f"skipped: {s}")
+    heads = []
+    for dataset in ns.datasets:
+        by = {r["variant"]: r["train_sps"] for r in rows if r["method"] == "hard_sharing" and r["dataset"] == dataset}
+        if "fp32" in by and len(by) > 1:
+            heads.append(f"{dataset} " + ", ".join(f"{v} {x / by['fp32']:.2f}x" for v, x in by.items() if v != "fp32"))
+    if heads:
+        print(f"hard_sharing training samples/s vs fp32: {'; '.join(heads)}")
     return 0

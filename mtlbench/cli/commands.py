@@ -1,46 +1,53 @@
-"""Command line: ``python -m mtlbench {run,report,list,bench} [overrides...]``.
+"""Command line: ``python -m mtlbench {run,report,list,bench,group,data,clean} [key=value ...]``.
 
-Hydra owns argv for ``run`` (so ``-m`` sweeps and launchers work); this dispatcher
-pops the subcommand first. Known errors become one line on stderr (exit 2), never a
-traceback from deep inside.
+One style for every command (``mtlbench/cli/kv.py``): Hydra-style ``key=value`` overrides,
+``--help``, ``--cfg job``, ``-m`` where a sweep makes sense, flags before or after the
+overrides. Hydra owns argv for ``run`` (so ``-m`` sweeps and launchers work); this
+dispatcher pops the subcommand first. Known errors become one line on stderr (exit 2),
+never a traceback from deep inside.
+
+Nothing heavy is imported at module level: ``list`` and ``--help`` answer without torch.
 """
 from __future__ import annotations
 
 import os
 import sys
-from importlib import resources
 from typing import List, Optional
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-
-from mtlbench.engine.checkpoint import CheckpointError
-from mtlbench.core.data import DataError
-from mtlbench.core.registry import ALL, RegistryError
-from mtlbench.results.store import StoreError
-from mtlbench.engine.trainer import TrainingError
-
-USAGE = """usage: python -m mtlbench <command> [key=value ...]
+USAGE = """usage: python -m mtlbench <command> [key=value ...] [--help] [--cfg job] [-m]
 
 commands:
   run      train and evaluate: python -m mtlbench run method=stl dataset=multimnist seed=1
            sweeps: python -m mtlbench run -m method=stl,hard_sharing seed=0,1,2 profile=tiny
   report   summarise a dataset's runs: python -m mtlbench report dataset=multimnist [baseline=stl]
   list     what is registered (archs, balancers, procedures, backbones, datasets) and the presets
-  bench    benchmarks: python -m mtlbench bench {overhead,archs,grouping,tabular,adashare}
+  bench    benchmarks: python -m mtlbench bench {overhead,archs,grouping,tabular,adashare,throughput,affinity}
   group    select task groups from a score table: python -m mtlbench group scores=FILE.csv budget=2
+  data     get a dataset: python -m mtlbench data nyuv2 | data check nyuv2 root=DIR | data list
+  clean    remove failed / unfinished runs: python -m mtlbench clean [--failed] [--dry-run]
+
+Every command takes --help (its keys) and --cfg job (its resolved config, nothing runs).
 """
 
-# OSError: disk full, permissions, unreadable files (the message names the path)
-KNOWN_ERRORS = (RegistryError, DataError, StoreError, TrainingError, CheckpointError, ValueError, TypeError, OSError)
-CONFIG_GROUPS = ("method", "dataset", "arch", "balancer", "procedure", "backbone", "profile", "trainer")
+CONFIG_GROUPS = ("method", "dataset", "arch", "balancer", "procedure", "backbone", "profile", "trainer", "logger")
 
 _failures: List[str] = []
 
 
+def known_errors() -> tuple:
+    """The errors that become one line (OSError: disk full, permissions, unreadable files)."""
+    from mtlbench.core.data import DataError
+    from mtlbench.core.registry import RegistryError
+    from mtlbench.engine.checkpoint import CheckpointError
+    from mtlbench.engine.trainer import TrainingError
+    from mtlbench.results.store import StoreError
+
+    return (RegistryError, DataError, StoreError, TrainingError, CheckpointError, ValueError, TypeError, OSError)
+
+
 def fail(msg: str) -> int:
     """Print one line on stderr (set MTLBENCH_DEBUG=1 to get tracebacks instead)."""
-    print(f"mtlbench: error: {msg}", file=sys.stderr, flush=True)
+    print(f"mtlbench: error: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -70,10 +77,23 @@ def check_group_overrides(args: List[str]) -> Optional[str]:
     return None
 
 
-@hydra.main(config_path="pkg://mtlbench.conf", config_name="config", version_base=None)
-def _hydra_run(cfg: DictConfig) -> None:
+_app = None
+
+
+def _hydra_app():
+    """The Hydra application of ``run`` (built on first use: importing hydra.main is not free)."""
+    global _app
+    if _app is None:
+        import hydra
+
+        _app = hydra.main(config_path="pkg://mtlbench.conf", config_name="config", version_base=None)(_hydra_job)
+    return _app
+
+
+def _hydra_job(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     from mtlbench.engine.configs import set_searchpath
     from mtlbench.engine.run import execute
@@ -82,9 +102,12 @@ def _hydra_run(cfg: DictConfig) -> None:
     set_searchpath(list(hc.searchpath or []))  # child runs compose with the same search path
     files = {"overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task))),
              "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}))}
+    total = os.environ.get("MTLBENCH_SWEEP_JOBS")
+    if hc.mode == RunMode.MULTIRUN and total:
+        print(f"[mtlbench] job {hc.job.num + 1}/{total}: {' '.join(hc.overrides.task)}", flush=True)
     try:
         execute(cfg, hydra_files=files)
-    except KNOWN_ERRORS as exc:
+    except known_errors() as exc:
         if os.environ.get("MTLBENCH_DEBUG"):
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -98,84 +121,23 @@ def _hydra_run(cfg: DictConfig) -> None:
         raise SystemExit(fail(msg))
 
 
-def precompose(args: List[str]) -> Optional[str]:
-    """Compose a single run's config up front so a bad override is one line, not Hydra's report."""
-    from hydra import compose, initialize_config_module
-    from hydra.errors import HydraException
-
-    if any(a.startswith("-") for a in args):  # -m, --cfg, --help...: Hydra's own handling
-        return None
-    from mtlbench.engine.configs import register_defaults, searchpath_of, set_searchpath
-
-    set_searchpath(searchpath_of(args))
-    register_defaults()
-    try:
-        with initialize_config_module("mtlbench.conf", version_base=None):
-            compose("config", overrides=args)
-    except HydraException as exc:
-        return " ".join(line.strip() for line in str(exc).splitlines()[:2])
-    return None
-
-
-LAUNCHER_PLUGINS = {"local": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
-                    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
-                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
-                    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
-
-
-def check_launcher(args: List[str]) -> Optional[str]:
-    import importlib.util
-
-    for a in args:
-        key, _, value = a.partition("=")
-        if key.lstrip("+") != "hydra/launcher":
-            continue
-        if value in LAUNCHER_PLUGINS:
-            module, extra = LAUNCHER_PLUGINS[value]
-            if importlib.util.find_spec(module) is None:
-                return f"hydra/launcher={value} needs its Hydra plugin: pip install -e \".[{extra}]\""
-        known = launcher_options()
-        if known and value not in known:
-            return f"unknown hydra/launcher '{value}'; known launchers: {', '.join(known)}"
-    return None
-
-
-def launcher_options() -> List[str]:
-    """Hydra's launcher configs (its own, mtlbench's, installed plugins'); [] when unknown."""
-    try:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra._internal.utils import create_config_search_path
-        from hydra.core.plugins import Plugins
-
-        Plugins.instance()
-        loader = ConfigLoaderImpl(config_search_path=create_config_search_path("pkg://mtlbench.conf"))
-        return sorted(loader.get_group_options("hydra/launcher"))
-    except Exception:  # a Hydra without these internals: Hydra reports unknown launchers itself
-        return []
-
-
-def check_sweep_store(args: List[str]) -> Optional[str]:
-    """A sweep writes results/.sweeps/ before any job: an unwritable results_dir is one line
-    here, not Hydra's traceback."""
-    from pathlib import Path
-
-    if not any(a in ("-m", "--multirun") for a in args):
-        return None
-    given = [a.partition("=")[2] for a in args if a.lstrip("+").startswith("results_dir=")]
-    where = given[-1].strip("'\"") if given else "results"
-    if not where or "," in where or "$" in where:
-        return None if where else "results_dir must be a non-empty path (got '')"
-    p = Path(where).expanduser().absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir() or not os.access(p, os.W_OK):
-        what = "not a folder" if not p.is_dir() else "read-only"
-        return f"results_dir={where} is not writable ({p} is {what}); set results_dir= to a writable folder"
-    return None
-
-
 def run_cli(args: List[str]) -> int:
-    msg = check_launcher(args) or check_group_overrides(args) or check_sweep_store(args) or precompose(args)
+    from mtlbench.cli import runchecks
+
+    if any(a in ("-h", "--help") for a in args):
+        print(runchecks.run_help())
+        return 0
+    flags, overrides = runchecks.split_flags(args)
+    msg = (runchecks.check_launcher(overrides) or check_group_overrides(overrides)
+           or runchecks.check_sweep_store(overrides, any(f in ("-m", "--multirun") for f in flags)))
+    if msg:
+        return fail(msg)
+    try:
+        jobs = runchecks.check_sweeps(overrides, multirun=any(f in ("-m", "--multirun") for f in flags))
+        extra = runchecks.overlay_overrides(overrides)
+    except ValueError as exc:
+        return fail(str(exc))
+    msg = runchecks.check_additions(overrides) or (runchecks.precompose(overrides + extra) if not flags else None)
     if msg:
         return fail(msg)
     _failures.clear()
@@ -184,7 +146,7 @@ def run_cli(args: List[str]) -> int:
     from mtlbench.engine.configs import register_defaults, searchpath_of, set_searchpath
 
     try:
-        set_searchpath(searchpath_of(args))
+        set_searchpath(searchpath_of(overrides))
     except Exception:  # an unparsable override: Hydra reports it below
         set_searchpath([])
     register_defaults()  # registered plugins without a YAML compose with their defaults
@@ -192,19 +154,21 @@ def run_cli(args: List[str]) -> int:
     fd, failures_file = tempfile.mkstemp(prefix="mtlbench-failures-", suffix=".txt")
     os.close(fd)
     os.environ["MTLBENCH_FAILURES"] = failures_file
+    os.environ["MTLBENCH_SWEEP_JOBS"] = str(jobs)
     # launcher workers (joblib's reused processes, SLURM jobs) get it through Hydra
     env_override = f"++hydra.job.env_set.MTLBENCH_FAILURES={failures_file}"
-    flags = [a for a in args if a.startswith("-")]  # Hydra takes -m/--multirun before overrides only
+    jobs_override = [f"++hydra.job.env_set.MTLBENCH_SWEEP_JOBS={jobs}"] if jobs > 1 else []
     saved = sys.argv
-    sys.argv = ["mtlbench run", *flags, *[a for a in args if not a.startswith("-")], env_override]
+    sys.argv = ["mtlbench run", *flags, *overrides, *extra, env_override, *jobs_override]  # Hydra: flags first
     try:
-        _hydra_run()
+        _hydra_app()()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else fail(exc.code)
     finally:
         sys.argv = saved
         set_searchpath([])
         os.environ.pop("MTLBENCH_FAILURES", None)
+        os.environ.pop("MTLBENCH_SWEEP_JOBS", None)
         with open(failures_file) as f:
             failed = len(f.read().splitlines())
         os.unlink(failures_file)
@@ -214,26 +178,22 @@ def run_cli(args: List[str]) -> int:
 
 
 def command_config(command: str, args: List[str], example: str, missing: Optional[str] = None):
-    """The plain config of a key=value command (``mtlbench/conf/<command>.yaml`` merged with
-    ``args``) and None, or None and a one-line message naming the fix."""
-    from omegaconf.errors import OmegaConfBaseException
+    """The plain config of a key=value command (``mtlbench/conf/<command>.yaml`` with ``args``
+    applied, Hydra's override grammar) and None, or None and a one-line message naming the fix."""
+    from mtlbench.cli import kv
 
     bad = [a for a in args if "=" not in a]
     if bad:
         return None, f"{command} takes key=value arguments (got {bad[0]!r}); e.g. {example}"
-    base = OmegaConf.create(resources.files("mtlbench.conf").joinpath(f"{command}.yaml").read_text())
-    OmegaConf.set_struct(base, True)
     try:
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(args))
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), None
-    except OmegaConfBaseException as exc:
-        if missing and "Missing mandatory value" in str(exc):
-            return None, missing
-        return None, f"{str(exc).splitlines()[0]}; {command} keys: {', '.join(base.keys())}"
+        return kv.resolve(command, args, missing), None
+    except kv.UsageError as exc:
+        return None, str(exc)
 
 
 def report_cli(args: List[str]) -> int:
     from mtlbench.results.report import Options, ReportError, write_all, write_report
+    from mtlbench.results.store import StoreError
 
     c, msg = command_config("report", args, "python -m mtlbench report dataset=multimnist baseline=stl")
     if msg:
@@ -248,7 +208,9 @@ def report_cli(args: List[str]) -> int:
                        alpha=c["alpha"], delta=c["delta"], confidence=c["confidence"],
                        n_resamples=c["n_resamples"], posthoc=c["posthoc"], seed=c["seed"], plots=c["plots"],
                        metrics=None if c["metrics"] is None else list(c["metrics"]) if isinstance(c["metrics"], list)
-                       else [c["metrics"]]).check()
+                       else [c["metrics"]], names=c["names"], precision=c["precision"], percent=bool(c["percent"]),
+                       resizebox=bool(c["resizebox"]), footnote=c["footnote"], second_mark=c["second_mark"],
+                       columns=c["columns"]).check()
         if c["dataset"] in (None, "", "all"):
             out = write_all(c["results_dir"], c["reports_dir"], opts)
         else:
@@ -262,11 +224,9 @@ def report_cli(args: List[str]) -> int:
 
 
 def list_cli(args: List[str]) -> int:
-    for kind, reg in ALL.items():
-        print(f"{kind}s: {', '.join(reg.names())}")
-    print(f"methods (presets): {', '.join(config_options('method'))}")
-    print(f"profiles: {', '.join(config_options('profile'))}")
-    return 0
+    from mtlbench.cli.names import list_cli as _list
+
+    return _list(args)
 
 
 def bench_cli(args: List[str]) -> int:
@@ -281,7 +241,41 @@ def group_cli(args: List[str]) -> int:
     return group_main(args)
 
 
-COMMANDS = {"run": run_cli, "report": report_cli, "list": list_cli, "bench": bench_cli, "group": group_cli}
+def data_cli(args: List[str]) -> int:
+    from mtlbench.cli.data import main as data_main
+
+    return data_main(args)
+
+
+def clean_cli(args: List[str]) -> int:
+    from mtlbench.cli.clean import main as clean_main
+
+    return clean_main(args)
+
+
+COMMANDS = {"run": run_cli, "report": report_cli, "list": list_cli, "bench": bench_cli, "group": group_cli,
+            "data": data_cli, "clean": clean_cli}
+
+
+def kv_spec(cmd: str):
+    """The key=value style of report / group / data / clean (None for the others)."""
+    from mtlbench.cli import kv
+
+    if cmd == "report":
+        return kv.Spec("report", "python -m mtlbench report [dataset=<name>|all] [key=value ...]",
+                       "python -m mtlbench report dataset=multimnist baseline=stl", sweeps=True)
+    if cmd == "group":
+        return kv.Spec("group", "python -m mtlbench group scores=FILE.csv budget=B [key=value ...]",
+                       "python -m mtlbench group scores=scores.csv budget=2")
+    if cmd == "data":
+        from mtlbench.cli.data import SPEC
+
+        return SPEC
+    if cmd == "clean":
+        from mtlbench.cli.clean import SPEC
+
+        return SPEC
+    return None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -292,7 +286,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         return fail(f"unknown command '{cmd}'; commands: {', '.join(COMMANDS)} (python -m mtlbench --help)")
+    from mtlbench.core.registry import RegistryError
+
     try:
+        spec = kv_spec(cmd)
+        if spec is not None:
+            from mtlbench.cli.kv import dispatch
+
+            return dispatch(spec, rest, COMMANDS[cmd])
         return COMMANDS[cmd](rest)
     except RegistryError as exc:
         return fail(str(exc))

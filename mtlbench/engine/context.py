@@ -16,6 +16,7 @@ from mtlbench.core.registry import ARCHS, BALANCERS, DATASETS
 from mtlbench.engine import configs
 from mtlbench.engine.checkpoint import CheckpointDir
 from mtlbench.engine.distributed import SINGLE, DistContext
+from mtlbench.engine.loggers import RunLog, make_logger
 from mtlbench.engine.trainer import Trainer
 
 
@@ -50,9 +51,11 @@ def make_context(c: dict, data: MTLData, folder=None, say: Optional[Callable] = 
                  dctx: DistContext = SINGLE, run_child: Optional[Callable[[dict], dict]] = None) -> RunContext:
     seed = int(c["seed"])
     arch_cls, balancer_cls = ARCHS.get(c["arch"]["name"]), BALANCERS.get(c["balancer"]["name"])
-    checkpoints = None
+    checkpoints, writes = None, folder is not None and dctx.is_main
     if folder is not None:
         checkpoints = CheckpointDir(folder.path / "checkpoints", folder.path / "metrics.jsonl", writer=dctx.is_main)
+    epoch_logger = make_logger(c.get("logger"), folder.path if writes else None)  # history.csv / tensorboard
+    run_log = RunLog(folder.path / "log.txt") if writes else None
 
     def build_model(tasks, arch: Optional[dict] = None, backbone: Optional[dict] = None):
         acfg, bcfg = arch or c["arch"], backbone or c["backbone"]
@@ -73,11 +76,14 @@ def make_context(c: dict, data: MTLData, folder=None, say: Optional[Callable] = 
             trainer.device = torch.device("cuda", dctx.local_rank)
         trainer.checkpoints = checkpoints
         trainer.resume = bool(c.get("resume", True))
+        trainer.log_sink = run_log.write if run_log is not None else None
         return trainer
 
     def log_epoch(row: dict) -> None:
         if folder is not None and dctx.is_main:
             folder.append_jsonl("metrics.jsonl", row)
+        if epoch_logger is not None:
+            epoch_logger.log(row)
         if say is not None:
             say(epoch_line(row))
 

@@ -29,6 +29,7 @@ from mtlbench.engine import configs
 from mtlbench.engine.configs import expand_preset, method_name
 from mtlbench.engine.context import build_data, kwargs_of, make_context  # noqa: F401  (re-exported)
 from mtlbench.engine.distributed import from_env
+from mtlbench.engine.loggers import RunLog, read_rows, tee
 from mtlbench.engine.trainer import Trainer
 from mtlbench.engine.validate import check_run_config, preflight
 from mtlbench.results.files import fault_point, is_temp_file, remove_temp_files
@@ -88,6 +89,8 @@ def _execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False, wait:
     claim = claim_folder(folder, c, hydra_files, wait, say) if main else Claim()
     if claim.completed:
         return folder.record(), False
+    if main:
+        say = tee(say, RunLog(folder.path / "log.txt"))  # the run folder keeps every line it prints
     if dctx.active:
         torch.distributed.barrier()  # ranks > 0 read the checkpoints rank 0 kept
     say(f"{method} on {dataset} (seed {seed}, tasks {data.task_names}, sizes {data.sizes()}) -> {folder.path}")
@@ -102,6 +105,7 @@ def _execute(cfg, hydra_files: Optional[dict] = None, quiet: bool = False, wait:
         record["world_size"] = dctx.world
     if not main:
         return record, True
+    record["budget"] = budget_of(read_rows(folder.path / "metrics.jsonl") or result.fit.history, c)
     finish_folder(folder, record)
     shown = " ".join(f"{t}.{m}={v:.4f}" for t, ms in result.fit.test.items() for m, v in ms.items())
     say(f"test: {shown}")
@@ -143,6 +147,24 @@ def run_record(c: dict, result, data, run_id: str, method: str, started: str, wa
         "device": str(next(model.parameters()).device), "versions": versions(), "git_commit": git_commit(),
         "procedure_info": result.info, "config_hash": config_hash(c),
     }
+
+
+def budget_of(rows, c: dict) -> dict:
+    """What ran: steps per epoch and samples seen (from the logged epoch rows, every phase of
+    a procedure included; per phase when there are phases), next to the configured cap."""
+    rows = [r for r in rows if "steps" in r]
+    out = {"max_steps_per_epoch": c["trainer"].get("max_steps_per_epoch"),
+           "steps_per_epoch": [int(r["steps"]) for r in rows],
+           "samples_seen": int(sum(r.get("samples", 0) for r in rows))}
+    phases = {}
+    for r in rows:
+        if r.get("phase"):
+            p = phases.setdefault(r["phase"], {"steps_per_epoch": [], "samples_seen": 0})
+            p["steps_per_epoch"].append(int(r["steps"]))
+            p["samples_seen"] += int(r.get("samples", 0))
+    if phases:
+        out["phases"] = phases
+    return out
 
 
 def _child(cfg: dict):

@@ -37,6 +37,7 @@ class Session:
     epoch: int = 0                             # epochs completed
     cursor: Optional[dict] = None              # a mid-epoch checkpoint's position (resume)
     elapsed: float = 0.0                       # training time before this process (resume)
+    last_pass: Optional[dict] = None           # steps / samples of the last train pass (its epoch row)
     started: float = field(default_factory=time.perf_counter)
 
     @property

@@ -35,7 +35,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
-from tqdm.auto import tqdm
 
 from mtlbench.core.balancer import BalancerContext
 from mtlbench.core.data import MTLData, TensorSplit
@@ -45,6 +44,7 @@ from mtlbench.engine import session as sess
 from mtlbench.engine.checkpoint import CheckpointDir, CheckpointSlot, fault_point
 from mtlbench.engine.distributed import (SINGLE, DistContext, average_grads, mean_over_ranks, reduce_metrics,
                                          shard)
+from mtlbench.engine.progress import Progress
 from mtlbench.engine.session import Session
 from mtlbench.engine.speed import SpeedOptions
 
@@ -78,12 +78,13 @@ def task_losses(tasks: Sequence[Task], preds, batch) -> Dict[str, torch.Tensor]:
 class Trainer:
     """Config keys (``trainer.*``): epochs, batch_size, eval_batch_size, max_steps_per_epoch,
     optimizer (a ``_partial_`` Hydra node), scheduler (same, or null), selection
-    ('last' | 'best' | 'last_k_mean'), selection_k, grad_clip, progress, device, check_finite,
-    checkpoint_every_steps,
+    ('last' | 'best' | 'last_k_mean'), selection_k, grad_clip, progress (auto | lines | false),
+    progress_every (seconds between plain progress lines), device, check_finite, checkpoint_every_steps,
     sync_batchnorm, find_unused_parameters, amp, channels_last, compile.
 
     ``checkpoints`` (a ``CheckpointDir``, set by the run; None = no checkpoints) hands out
-    the named slots; ``resume`` (True) continues from them."""
+    the named slots; ``resume`` (True) continues from them; ``log_sink`` (set by the run:
+    its log.txt) receives the progress lines."""
 
     def __init__(self, epochs: int = 10, batch_size: int = 128, eval_batch_size: Optional[int] = None,
                  max_steps_per_epoch: Optional[int] = None, optimizer=None, scheduler=None,
@@ -91,7 +92,8 @@ class Trainer:
                  device: str = "auto", check_finite: bool = True,
                  checkpoint_every_steps: Optional[int] = None, sync_batchnorm: bool = False,
                  find_unused_parameters: bool = False, amp: Optional[str] = None,
-                 channels_last: bool = False, compile=False, selection_k: int = 10):
+                 channels_last: bool = False, compile=False, selection_k: int = 10,
+                 progress_every: float = 30.0):
         self.epochs, self.batch_size = _positive_int("epochs", epochs), _positive_int("batch_size", batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else _positive_int(
             "eval_batch_size", eval_batch_size)
@@ -103,6 +105,8 @@ class Trainer:
         self.scheduler_cfg = scheduler
         self.selection, self.grad_clip, self.progress = selection, grad_clip, progress
         self.selection_k = _positive_int("selection_k", selection_k)
+        self.progress_every = float(progress_every)
+        self.log_sink: Optional[Callable[[str], None]] = None  # the run's log.txt (set by the run)
         self.device = resolve_device(device)
         self.check_finite = check_finite
         self.checkpoint_every_steps = None if checkpoint_every_steps is None else _positive_int(
@@ -223,25 +227,35 @@ class Trainer:
         limit = self.max_steps - start
         batches = itertools.islice(batches, int(limit)) if math.isfinite(limit) else batches
         bar_total = total if total is not None else (None if math.isinf(self.max_steps) else int(self.max_steps))
-        total, steps, first_bad = partial, start, None
-        with tqdm(total=bar_total, initial=start, desc=where,
-                  leave=False, disable=None if self.progress == "auto" else not self.progress) as bar:
+        total, steps, first_bad, samples = partial, start, None, 0
+        running = lambda: dict(zip(names, (total / max(steps, 1)).tolist()))  # noqa: E731  (read when shown)
+        with self.progress_bar(bar_total, where, initial=start) as bar:
             for batch in batches:
                 vec = step(s, batch)
                 total = vec if total is None else total + vec
                 steps += 1
+                samples += len(batch)
                 if self.check_finite:  # the first non-finite step per entry, tracked on the device
                     first_bad = torch.full_like(vec, -1.0) if first_bad is None else first_bad
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(vec), float(steps), first_bad)
-                bar.update(1)
+                bar.update(1, samples=len(batch), stats=running)
                 if on_step is not None:
                     on_step(steps, total)
+        s.last_pass = {"steps": steps, "samples": samples + start * self.batch_size}
         if total is None or steps == 0:
             raise TrainingError("the training split yielded no batch: check dataset.limit and trainer.batch_size")
         mean = total / steps if not self.dist.active else mean_over_ranks(total / steps)
         out = dict(zip(names, mean.tolist()))
         self._check_finite(out, where, None if first_bad is None else dict(zip(names, first_bad.tolist())), fix)
         return out
+
+    def progress_bar(self, total: Optional[int], desc: str, initial: int = 0, what: str = "loss",
+                     unit: str = "step") -> Progress:
+        """A bar on a terminal, plain lines every ``progress_every`` seconds elsewhere (and in
+        the run's log.txt); only rank 0 shows it."""
+        mode = self.progress if self.dist.is_main else False
+        return Progress(total, desc, mode=mode, every=self.progress_every, initial=initial, what=what, unit=unit,
+                        sink=self.log_sink if self.dist.is_main else None)
 
     def _check_finite(self, values: Dict[str, float], where: str, first_bad: Optional[dict],
                       fix: Optional[str] = None) -> None:
@@ -256,6 +270,9 @@ class Trainer:
     def epoch_row(self, s: Session, epoch: int, train_loss: Dict[str, float]) -> dict:
         """The balancer's epoch end and the start of the epoch's log row."""
         row = {"epoch": epoch, "train_loss": train_loss, "lr": s.optimizer.param_groups[0]["lr"]}
+        if s.last_pass is not None:  # the budget that ran (run.json "budget")
+            row.update(s.last_pass)
+            s.last_pass = None
         state = s.balancer.epoch_end(train_loss)
         weights = s.balancer.weights()
         if weights is not None:
@@ -305,7 +322,10 @@ class Trainer:
         loss_sum = {t.name: 0.0 for t in tasks}
         count = {t.name: 0.0 for t in tasks}
         net = self.speed.compiled(model)
+        n = split.num_batches(self.eval_batch_size) if hasattr(split, "num_batches") else None
+        bar = self.progress_bar(n, "evaluation", what="", unit="batch")
         for i, batch in enumerate(split.batches(self.eval_batch_size)):
+            bar.update(1, samples=len(batch))
             if self.dist.active and i % self.dist.world != self.dist.rank:
                 continue  # each rank evaluates every world-th batch; accumulators are combined below
             batch = batch.to(self.device, non_blocking=True)
@@ -317,6 +337,7 @@ class Trainer:
                 loss = t.eval_update(groups[t.name], preds[t.name], batch.targets[t.name], mask)
                 loss_sum[t.name] = loss_sum[t.name] + loss * n
                 count[t.name] = count[t.name] + n
+        bar.close()
         if self.dist.active:
             reduce_metrics(groups, loss_sum, count, self.device)
         scores = {t: g.compute() for t, g in groups.items()}

@@ -3,10 +3,11 @@
 * ``delta_vs_params``: Δ (Δ_T or Δ_m) vs #params, error bars = the bootstrap CI of Δ
   (the accuracy / parameter trade-off AdaShare argues about); the baseline sits at Δ = 0.
 * ``task_changes``: per task, every method's mean signed relative change vs the baseline
-  in % (positive = better, the per-task term of Δ_T) with its bootstrap CI.
+  in % (positive = better, the per-task term of Δ_T) with its bootstrap CI (the y range
+  covers every whisker, with a margin).
 * ``balancer_weights``: the loss weights λ_k per epoch from ``metrics.jsonl``
   (``balancer_weights``) of the methods whose weights change over training (DWA, UW,
-  MGDA, ...): mean over seeds, band = min..max over seeds.
+  MGDA, ...): mean over seeds, band = min..max over seeds; integer epoch ticks.
 * ``cd_diagram`` (across datasets): ``scikit_posthocs.critical_difference_diagram`` of the
   mean ranks, bars joining methods whose post-hoc test is not significant.
 """
@@ -21,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mtlbench.results.stats import delta_info  # noqa: E402
 from mtlbench.results.store import read_log  # noqa: E402
@@ -90,16 +92,21 @@ def task_changes(a, out: Path) -> List[Path]:
     colors = _colors(a.methods)
     width = 0.8 / max(1, len(others))
     x = np.arange(len(tasks))
+    reach = [0.0]  # every bar end and whisker end: the y range shows them all, with a margin
     for i, m in enumerate(others):
         d = a.deltas["delta_t"][m]
         vals = np.array([d.per_task[d.tasks.index(t)] if t in d.tasks else np.nan for t in tasks])
         lo = np.array([d.per_task_low[d.tasks.index(t)] if t in d.tasks else np.nan for t in tasks])
         hi = np.array([d.per_task_high[d.tasks.index(t)] if t in d.tasks else np.nan for t in tasks])
         err = np.vstack([np.clip(vals - lo, 0, None), np.clip(hi - vals, 0, None)])
+        reach += [v for v in np.concatenate([vals, lo, hi]) if np.isfinite(v)]
         n = int(a.n[m])
         ax.bar(x + (i - (len(others) - 1) / 2) * width, vals, width,
-               yerr=err if np.isfinite(err).all() else None, capsize=3, color=colors[m],
+               yerr=np.nan_to_num(err) if np.isfinite(err).any() else None, capsize=3, color=colors[m],
                label=f"{m} (n={n}{', no CI' if n < 2 else ''})")
+    low, high = min(reach), max(reach)
+    pad = 0.08 * (high - low or 1.0)
+    ax.set_ylim(low - pad, high + pad)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, tasks)
     ax.set_ylabel(f"relative change vs {a.opts.baseline} (%), higher is better")
@@ -144,6 +151,7 @@ def balancer_weights(a, out: Path) -> List[Path]:
         n = len(next(iter(by_task.values())))
         ax.set_title(f"{m} ({n} seed{'s' if n != 1 else ''})", fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss weight λ (mean, band: min..max over seeds)")
     axes[0][-1].legend(fontsize=8)

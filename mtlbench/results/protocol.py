@@ -86,6 +86,21 @@ def _split_follows_seed(cfg: dict, rec: dict) -> bool:
         return False
 
 
+def with_budget(p: Dict[str, object], recs: List[dict]) -> Dict[str, object]:
+    """The protocol as it ran: steps per epoch and samples seen from run.json ``budget``
+    (runs written before it existed show the configured cap only)."""
+    ran = sorted({int(s) for r in recs for s in ((r.get("budget") or {}).get("steps_per_epoch") or [])})
+    if not ran:
+        return p
+    out, cap = dict(p), p.get("steps/epoch")
+    shown = str(ran[0]) if len(ran) == 1 else f"{ran[0]}-{ran[-1]}"
+    out["steps/epoch"] = f"{shown} (cap {cap})" if cap not in (None, "all") and str(cap) != shown else shown
+    seen = sorted({int((r.get("budget") or {}).get("samples_seen") or 0) for r in recs} - {0})
+    if seen:
+        out["samples seen"] = f"{seen[0]:,}" if len(seen) == 1 else f"{seen[0]:,}-{seen[-1]:,}"
+    return out
+
+
 def protocol_label(p: Dict[str, object]) -> str:
     return "; ".join(f"{k} {v}" for k, v in p.items() if v is not None)
 
@@ -212,6 +227,7 @@ def collect(results_dir, dataset: str, baseline: str = "stl", methods: Optional[
         notes.append(f"{len(other)} run(s) trained under another protocol left out (never averaged with the "
                      f"table's protocol): " + "; ".join(f"{m} x{n} ({d})" for (m, d), n in sorted(by.items())))
     kept = [(p, r) for k, (p, r, _) in zip(keyed, protos) if k == ref_key]
+    ref = with_budget(ref, [r for _, r in kept])
 
     rows, vals, hib = [], {}, {}
     for p, r in sorted(kept, key=lambda pr: (str(pr[1].get("finished_at")), str(pr[1].get("run_id")))):

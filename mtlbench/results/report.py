@@ -54,6 +54,22 @@ class Options:
     seed: int = 0
     plots: bool = True
     metrics: Optional[Sequence[str]] = None  # only these metric names (e.g. [rmse]); None = all
+    # publication style of the tables (see tables.py): display names, digits, percent, LaTeX scaling, footnote
+    names: Optional[dict] = field(default_factory=dict)
+    precision: Optional[int] = None
+    percent: bool = False
+    resizebox: bool = False
+    footnote: str = "short"
+    second_mark: str = "italic"
+    columns: Optional[Sequence[str]] = None  # besides the metrics (tables.COLUMNS); None = all
+
+    def style(self):
+        from mtlbench.results.tables import Style
+
+        return Style(names=None if self.names is False or self.names is None else dict(self.names),
+                     precision=self.precision, percent=bool(self.percent), resizebox=bool(self.resizebox),
+                     footnote=self.footnote, second_mark=self.second_mark,
+                     **({} if self.columns is None else {"columns": tuple(self.columns)}))
 
     def check(self) -> "Options":
         """One-line ValueError naming the option, its allowed values and the value given."""
@@ -81,6 +97,20 @@ class Options:
             v = getattr(self, key)
             if v is not None and (not v or not all(isinstance(x, str) and x for x in v)):
                 raise ValueError(f"{key} must be a non-empty list of names or null (got {v!r})")
+        if self.footnote not in ("short", "long"):
+            raise ValueError(f"footnote must be short or long (got {self.footnote!r})")
+        if self.second_mark not in ("italic", "ins", "u"):
+            raise ValueError(f"second_mark must be italic, ins or u (got {self.second_mark!r})")
+        if self.precision is not None and (isinstance(self.precision, bool) or not isinstance(self.precision, int)
+                                           or not 0 <= self.precision <= 10):
+            raise ValueError(f"precision must be a number of digits 0..10 or null (got {self.precision!r})")
+        from mtlbench.results.tables import COLUMNS
+
+        bad = [c for c in (self.columns or ()) if c not in COLUMNS]
+        if bad:
+            raise ValueError(f"unknown column '{bad[0]}'; columns: {', '.join(COLUMNS)} (e.g. columns=[params,delta])")
+        if self.names is not None and self.names is not False and not isinstance(self.names, dict):
+            raise ValueError("names must be a mapping, e.g. names={hard_sharing: HS}, or false (identifiers)")
         return self
 
 
@@ -279,9 +309,9 @@ def write_report(results_dir, reports_dir, dataset: str, baseline: str = "stl",
     _log_notes(a)
     put("summary.csv", summary_frame(a).to_csv(index=False))
     put("significance.csv", a.sig.to_csv(index=False))
-    table = tables.build(a)
+    table = tables.build(a, opts.style())
     md = tables.to_markdown(table)
-    put("summary.md", md)
+    put("summary.md", tables.to_markdown(table, long=True))  # always the long footnote
     writers = {"md": ("table.md", lambda: md), "tex": ("table.tex", lambda: tables.to_latex(table)),
                "csv": ("table.csv", lambda: tables.to_csv(table)), "html": ("table.html", lambda: tables.to_html(table))}
     for f in opts.formats:

@@ -23,7 +23,7 @@ from mtlbench.results.files import WriteError, atomic_write_bytes, atomic_write_
 
 # Keys that say where things go, not what is computed: left out of the run id.
 NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume",
-                     "dataset.root", "trainer.progress", "hydra",
+                     "dataset.root", "trainer.progress", "trainer.progress_every", "logger", "hydra",
                      # switches that do not change a single-process result (resume is exact)
                      "trainer.checkpoint_every_steps", "trainer.find_unused_parameters", "trainer.sync_batchnorm")
 
@@ -31,7 +31,7 @@ NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume
 # Options at their neutral value (the behaviour before the option existed) are left out
 # too, so adding an option to the configs does not change the id of existing runs.
 NEUTRAL_DEFAULTS = {"trainer.amp": None, "trainer.channels_last": False, "trainer.compile": False,
-                    "balancer.mode": "auto", "balancer.heads": "scaled",
+                    "balancer.mode": "auto", "balancer.heads": "scaled", "backbone.stem_stride": 1,
                     "dataset.metric_aggregation": "pixel", "dataset.miou_classes": "union",
                     "trainer.selection_k": 10, "procedure.sharing_form": "log_odds",
                     "procedure.search_eval_policy": "argmax"}
