@@ -248,7 +248,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- epochs
     def epoch_row(self, s: Session, epoch: int, train_loss: Dict[str, float]) -> dict:
-        """The balancer's epoch end and the start of the epoch's log row."""
+        """The balancer's epoch end and the start of the epoch's log row (with the model's
+        ``epoch_stats()`` under ``arch`` when it has any, e.g. mean gate weights)."""
         row = {"epoch": epoch, "train_loss": train_loss, "lr": s.optimizer.param_groups[0]["lr"]}
         state = s.balancer.epoch_end(train_loss)
         weights = s.balancer.weights()
@@ -256,6 +257,9 @@ class Trainer:
             row["balancer_weights"] = weights
         if state:
             row["balancer"] = state
+        stats = s.model.epoch_stats()
+        if stats:
+            row["arch"] = stats
         return row
 
     def run_epochs(self, s: Session, epochs: int, body: Callable[[int], dict], slot: Optional[CheckpointSlot] = None,
