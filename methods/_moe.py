@@ -5,14 +5,16 @@ per-epoch gate statistics. Not a registered method (the leading underscore).
 Where the experts sit (``expert_blocks``, every MoE arch):
 
 * an int k (default 1): the backbone's stem and its first L − k blocks form a **shared
-  trunk** run once per forward; the experts act on the trunk's output, as LibMTL's image
-  examples let the experts act on shared features. Each expert is a fresh copy of the last
-  k blocks (``backbone_fn()`` is called once per expert and its last k blocks are kept:
-  independent initialisations). On ``mlp`` / ``resmlp`` those blocks are residual MLP
-  blocks, so the experts are MLPs. PLE splits the k blocks into its ``layers`` consecutive
-  groups, one per extraction layer (LibMTL's PLE uses the ResNet stages the same way);
+  trunk** run once per forward; the experts act on the trunk's output. Each expert is a
+  fresh copy of the last k blocks (``backbone_fn()`` is called once per expert and its last
+  k blocks are kept: independent initialisations). On ``mlp`` / ``resmlp`` those blocks are
+  residual MLP blocks, so the experts are MLPs. PLE splits the k blocks into its ``layers``
+  consecutive groups, one per extraction layer (LibMTL's PLE uses the ResNet stages the same
+  way). A deviation from LibMTL, which has no trunk: it keeps n experts at a fraction of n
+  full networks' cost and gives image gates features to read rather than raw pixels;
 * ``all``: no trunk; each expert is a full backbone copy (stem included) on the input:
-  LibMTL's form (``encoder_class()`` per expert) and the MMoE paper's (experts on x).
+  LibMTL's form (``encoder_class()`` per expert, gates on the flattened input) and the MMoE
+  paper's (experts on x).
 
 What an expert is (``expert_hidden``): null (default) = copies of the backbone blocks above;
 a list of widths = a declared MLP expert ``Linear -> ReLU`` per width on the flattened trunk

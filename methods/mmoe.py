@@ -17,9 +17,9 @@ Defaults: ``num_experts`` 4 (the paper uses 8 on Census-Income, set by the
 ``conf/overlay/mmoe/census_income.yaml`` protocol; LibMTL has no default). Gate weights
 are softmax rows: non-negative, summing to 1 per sample.
 
-Deviations: the gate has a bias (LibMTL's ``nn.Linear``; the paper writes W x); with a
-trunk the gates read its output, not the raw input (the experts' input, as LibMTL's
-image examples where x is the shared representation).
+Deviations: the gate has a bias (LibMTL's ``nn.Linear``; the paper writes W x); with the
+default trunk the experts are copies of the last block(s) and the gates read the trunk's
+output (the experts' input) instead of the raw input: LibMTL has no trunk.
 
 Parameters: ``shared_parameters()`` = trunk + experts; ``task_parameters(t)`` adds t's gate
 and head. ``parameter_groups()``: ``trunk``, ``experts``, ``gates``, ``head:<task>``. No

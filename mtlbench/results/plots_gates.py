@@ -72,4 +72,5 @@ def gate_weights(a, out: Path) -> List[Path]:
         axes[i][0].set_ylabel("mean gate weight", fontsize=8)
     fig.suptitle(f"{a.runset.dataset}: mean gate weight per expert over training (band: min..max over seeds)",
                  fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, out, "gate_weights")
