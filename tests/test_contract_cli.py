@@ -15,7 +15,7 @@ EMBEDDED = {"multimnist": [], "scenes": ["dataset=scenes", "dataset.n_train=32",
                                          "dataset.n_test=16", "dataset.size=[32,32]"],
             "yeast": ["dataset=yeast", "dataset.max_tasks=5", "backbone.width=16"]}
 # each procedure through the method preset that uses it
-PROCEDURE_PRESETS = {"single": "hard_sharing", "adashare": "adashare", "standley": "standley",
+PROCEDURE_PRESETS = {"single": "hard_sharing", "adashare": "adashare", "standley": "standley", "ltb": "ltb",
                      "tag_grouping": "tag_grouping"}
 
 

@@ -42,6 +42,7 @@ SOURCES = {
     "multimnist": lambda tmp: {"n_train": 300, "n_val": 100, "n_test": 100},
     "scenes": lambda tmp: {"n_train": 24, "n_val": 8, "n_test": 8, "size": [32, 32]},
     "yeast": lambda tmp: {},
+    "mmoe_synthetic": lambda tmp: {"n_train": 200, "n_val": 50, "n_test": 50},
     "nyuv2": _fixture("nyuv2"), "cityscapes": _fixture("cityscapes"), "taskonomy": _fixture("taskonomy"),
     "school": _shared("school"), "landmine": _shared("landmine"), "census_income": _shared("census_income"),
 }

@@ -27,6 +27,11 @@ What an architecture implements (``MTLModel``):
 * ``parameter_groups() -> {part: [params]}``: the declared parts of the model (backbone,
   units, attention, heads...). The parts are disjoint and cover every parameter (a
   contract test checks it); ``count_params`` reports them under ``parts``.
+* ``epoch_stats() -> Optional[dict]``: what the architecture wants logged once per training
+  epoch (``Trainer.epoch_row`` writes it under ``arch`` in metrics.jsonl), e.g. the mean gate
+  weight per expert and task over the epoch's training steps; it also resets whatever the
+  model accumulated for it. Default None (nothing logged). Statistics gathered in the forward
+  pass must stay on the device (no host sync per step) and only while ``self.training``.
 """
 from __future__ import annotations
 
@@ -88,6 +93,11 @@ class MTLModel(nn.Module):
             if own:
                 last = own
         return last
+
+    def epoch_stats(self) -> Optional[dict]:
+        """Statistics of the epoch's training forward passes to log under ``arch`` (JSON
+        types), resetting them; None = nothing to log (the default)."""
+        return None
 
     def parameter_groups(self) -> Dict[str, List[nn.Parameter]]:
         """The model's declared parts, disjoint and covering every parameter. Default: one

@@ -268,7 +268,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- epochs
     def epoch_row(self, s: Session, epoch: int, train_loss: Dict[str, float]) -> dict:
-        """The balancer's epoch end and the start of the epoch's log row."""
+        """The balancer's epoch end and the start of the epoch's log row (with the model's
+        ``epoch_stats()`` under ``arch`` when it has any, e.g. mean gate weights)."""
         row = {"epoch": epoch, "train_loss": train_loss, "lr": s.optimizer.param_groups[0]["lr"]}
         if s.last_pass is not None:  # the budget that ran (run.json "budget")
             row.update(s.last_pass)
@@ -279,6 +280,9 @@ class Trainer:
             row["balancer_weights"] = weights
         if state:
             row["balancer"] = state
+        stats = s.model.epoch_stats()
+        if stats:
+            row["arch"] = stats
         return row
 
     def run_epochs(self, s: Session, epochs: int, body: Callable[[int], dict], slot: Optional[CheckpointSlot] = None,

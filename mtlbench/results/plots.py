@@ -8,6 +8,8 @@
 * ``balancer_weights``: the loss weights λ_k per epoch from ``metrics.jsonl``
   (``balancer_weights``) of the methods whose weights change over training (DWA, UW,
   MGDA, ...): mean over seeds, band = min..max over seeds; integer epoch ticks.
+* ``gate_weights``: mixture-of-experts gates' mean weight per expert per epoch
+  (``mtlbench.results.plots_gates``).
 * ``cd_diagram`` (across datasets): ``scikit_posthocs.critical_difference_diagram`` of the
   mean ranks, bars joining methods whose post-hoc test is not significant.
 """
@@ -24,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from mtlbench.results import plots_gates  # noqa: E402
 from mtlbench.results.stats import delta_info  # noqa: E402
 from mtlbench.results.store import read_log  # noqa: E402
 
@@ -165,6 +168,7 @@ def write_dataset_plots(a, out: Path) -> List[Path]:
         paths += delta_vs_params(a, out)
         paths += task_changes(a, out)
     paths += balancer_weights(a, out)
+    paths += plots_gates.gate_weights(a, out)
     return paths
 
 
