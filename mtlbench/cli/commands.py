@@ -203,7 +203,7 @@ def report_cli(args: List[str]) -> int:
         opts = Options(baseline=c["baseline"], methods=methods, split=c["split"], formats=fmt, test=c["test"],
                        alpha=float(c["alpha"]), delta=c["delta"], confidence=float(c["confidence"]),
                        n_resamples=int(c["n_resamples"]), posthoc=c["posthoc"], seed=int(c["seed"]),
-                       plots=bool(c["plots"]),
+                       plots=bool(c["plots"]), published=c.get("published"),
                        metrics=None if c["metrics"] is None else list(c["metrics"]) if isinstance(c["metrics"], list)
                        else [c["metrics"]]).check()
         if c["dataset"] in (None, "", "all"):

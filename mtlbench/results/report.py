@@ -50,6 +50,7 @@ class Options:
     seed: int = 0
     plots: bool = True
     metrics: Optional[Sequence[str]] = None  # only these metric names (e.g. [rmse]); None = all
+    published: Optional[str] = None  # a published table's key (results/published.py): its rows beside the measured
 
     def check(self) -> "Options":
         check_test(self.test)
@@ -57,6 +58,10 @@ class Options:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad:
             raise ValueError(f"unknown format '{bad[0]}'; formats: {', '.join(FORMATS)} (e.g. format=[md,tex])")
+        if self.published:
+            from mtlbench.results import published
+
+            published.load(self.published)  # an unknown key: one line naming the known ones
         if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
             raise ValueError("alpha and confidence must lie in (0, 1), e.g. alpha=0.05 confidence=0.95")
         return self
@@ -197,6 +202,10 @@ def write_report(results_dir, reports_dir, dataset: str, baseline: str = "stl",
     atomic_write_text(out / "summary.csv", summary_frame(a).to_csv(index=False))
     atomic_write_text(out / "significance.csv", a.sig.to_csv(index=False))
     table = tables.build(a)
+    if opts.published:
+        from mtlbench.results import published
+
+        table = published.extend(table, a, published.load(opts.published))
     md = tables.to_markdown(table)
     atomic_write_text(out / "summary.md", md)
     writers = {"md": ("table.md", lambda: md), "tex": ("table.tex", lambda: tables.to_latex(table)),
@@ -222,7 +231,7 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
     scores, notes = {}, []
     symbol, _, hib = delta_info(opts.delta)
     for ds in known:
-        out = write_report(results_dir, reports_dir, ds, opts=opts)
+        out = write_report(results_dir, reports_dir, ds, opts=_for_dataset(opts, ds))
         summ = pd.read_csv(out / "summary.csv")
         if opts.delta in summ and summ[opts.delta].notna().any():
             scores[ds] = summ.set_index("method")[opts.delta]
@@ -257,6 +266,17 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
     lines += [f"- {n}" for n in notes]
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return out
+
+
+def _for_dataset(opts: Options, dataset: str) -> Options:
+    """``opts`` without ``published`` for a dataset the published table is not about."""
+    if not opts.published:
+        return opts
+    from dataclasses import replace
+
+    from mtlbench.results import published
+
+    return opts if published.load(opts.published).dataset == dataset else replace(opts, published=None)
 
 
 def build_summary(results_dir, dataset: str, baseline: str = "stl", methods: Optional[Sequence[str]] = None,
