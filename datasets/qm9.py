@@ -32,6 +32,7 @@ are featurized.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -63,8 +64,10 @@ def qm9pack_csvs():
     return files
 
 
-def read_qm9pack(positions: Optional[np.ndarray] = None):
-    """qm9pack's rows (sorted by QM9 index) at ``positions`` (None: all)."""
+@functools.lru_cache(maxsize=1)
+def _qm9pack_frame():
+    """The columns used, read once per process (a sweep or a test session featurizing several
+    molecule subsets parses the 225 MB of CSV once)."""
     import pandas as pd
 
     cols = ["Index", "Elements", "XYZ_Ang"] + [c for c, _, _, _ in mol.TARGETS.values()]
@@ -72,6 +75,12 @@ def read_qm9pack(positions: Optional[np.ndarray] = None):
     df = df.sort_values("Index", kind="stable").reset_index(drop=True)
     if len(df) != N_MOLECULES:
         raise DataError(f"qm9pack holds {len(df)} molecules, expected {N_MOLECULES}: reinstall qm9pack")
+    return df
+
+
+def read_qm9pack(positions: Optional[np.ndarray] = None):
+    """qm9pack's rows (sorted by QM9 index) at ``positions`` (None: all)."""
+    df = _qm9pack_frame()
     return df if positions is None else df.iloc[positions]
 
 
@@ -213,5 +222,5 @@ def build(root: Optional[str] = None, split_seed: int = 0, limit: Optional[int] 
     tasks = [RegressionTask(t, float(mean[k]), float(std[k]), metrics=["mae"]) for k, t in enumerate(mol.TARGETS)]
     info = {"source": source, "units": {t: u for t, (_, _, u, _) in mol.TARGETS.items()}}
     if "how" in arrays:
-        info["bonds_from_hueckel"] = int(np.asarray(arrays["how"]).sum())
+        info["bonds_from_hueckel"] = int((np.asarray(arrays["how"]) > 0).sum())
     return MTLData("qm9", tasks, GraphShape(11, len(mol.BOND_TYPES)), splits, info)

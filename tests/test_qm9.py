@@ -113,6 +113,19 @@ def test_libmtl_split_reproduced(libmtl_data):
     assert mae.name == "mae" and not mae.higher_is_better
 
 
+def test_task_subset_and_protocol_presets(libmtl_data):
+    data, _ = libmtl_data
+    sub = data.select_tasks(["U0", "mu"])
+    assert list(next(iter(sub.splits["train"].batches(4))).targets) == ["U0", "mu"]
+    from mtlbench.engine.configs import compose
+
+    cpu, paper = compose(["dataset=qm9"]), compose(["dataset=qm9", "+protocol=qm9_paper"])
+    assert (cpu["backbone"]["name"], cpu["backbone"]["edges"], cpu["dataset"]["n_train"]) == ("mpnn", "bond", 2000)
+    assert paper["backbone"]["edges"] == "complete" and paper["backbone"]["width"] == 64
+    assert (paper["trainer"]["epochs"], paper["trainer"]["batch_size"], paper["dataset"]["n_train"]) == (300, 120, None)
+    assert paper["trainer"]["scheduler"]["_target_"].endswith("ReduceLROnPlateau")
+
+
 def test_bad_split_file_and_missing_extra_are_one_line(tmp_path, monkeypatch):
     from mtlbench.engine.context import build_data
 
@@ -155,7 +168,7 @@ def qm9_runs(make_run_cli, tmp_path_factory):
     results = tmp_path_factory.mktemp("qm9_results")
     run = make_run_cli(results)
     for method in ("hard_sharing", "stl"):
-        assert run("dataset=qm9", f"method={method}", "backbone.width=8", "backbone.edge_hidden=8") == 0
+        assert run("dataset=qm9", f"method={method}", "dataset.limit=16", "backbone.width=8", "backbone.edge_hidden=8") == 0
     return results
 
 
@@ -164,7 +177,7 @@ def test_tiny_end_to_end_run_reports_eleven_maes(qm9_runs):
     maes = rec["metrics"]["test"]
     assert list(maes) == list(mol.TARGETS) and all(list(v) == ["mae"] for v in maes.values())
     assert all(np.isfinite(v["mae"]) and v["mae"] > 0 for v in maes.values())
-    assert rec["flops"]["total"] > 0 and rec["data_sizes"] == {"test": 64, "val": 64, "train": 64}
+    assert rec["flops"]["total"] > 0 and rec["data_sizes"] == {"test": 16, "val": 16, "train": 16}
 
 
 def test_report_shows_published_rows(qm9_runs, tmp_path):

@@ -6,7 +6,8 @@ the input shape and the ``train`` / ``val`` / ``test`` splits. A split yields
 unlabelled for some tasks, a ``{task: bool mask}`` dict.
 
 ``TensorSplit`` keeps a split in memory and batches by tensor indexing (no per-sample
-Python work); ``carve_val`` makes a seeded validation split for datasets without one;
+Python work; ``mtlbench.core.graphs.GraphSplit`` does the same for graphs, whose batch input
+is a ``GraphBatch``); ``carve_val`` makes a seeded validation split for datasets without one;
 ``limit`` caps the samples per split (the ``dataset.limit`` budget key).
 """
 from __future__ import annotations

@@ -172,7 +172,7 @@ def footnotes(pub: PublishedTable, a, deltas, symbol: str, measured_protocol: st
            + (f" (converted to mtlbench's units: {', '.join(scaled)})" if scaled else "")
            + "; one number per cell: no std, not tested, not ranked.",
            f"{symbol} of a published row: " + "; ".join(words[h] for h in how) + ". 'vs published' "
-           f"(methods in both: {', '.join(matched) or 'none'}): {symbol} paper = that published {symbol}; gap = mean over "
-           f"shared metrics of s·(measured − published)/published·100, positive = measured better.",
+           f"(methods in both: {', '.join(matched) or 'none'}): {symbol} paper = that published {symbol}; gap = "
+           f"mean over shared metrics of s·(measured − published)/published·100, positive = measured better.",
            f"Protocol differences. Published: {pub.protocol} Measured: {measured_protocol}."]
     return out + [f"Published table note: {n}" for n in pub.notes]
