@@ -144,8 +144,8 @@ class CrossStitch(MTLModel):
     def forward_tasks(self, x, tasks) -> Dict[str, torch.Tensor]:
         tasks = list(tasks)
         cols = [self.backbones[t] for t in self.task_names]
-        states: List[dict] = [{} for _ in cols]  # one per-forward state per column
-        xs = [col.stem(x) for col in cols]
+        starts = [col.begin(x) for col in cols]  # stem output and one per-forward state per column
+        xs, states = [h for h, _ in starts], [st for _, st in starts]
         if self.stem_unit is not None:
             xs = self.stem_unit(xs)
         n_blocks = len(self.units)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mtlbench.backbones import build_backbone
+from mtlbench.core.graphs import GraphShape, random_graphs
 from mtlbench.core.model import count_params
 from mtlbench.core.registry import ARCHS, load_all
 from mtlbench.tasks import ClassificationTask
@@ -20,6 +21,8 @@ FAMILIES = {
     "segnet": ({"name": "segnet", "width": 2}, (3, 32, 32)),
     "mlp": ({"name": "mlp", "width": 8, "depth": 2}, (6,)),
     "resmlp": ({"name": "resmlp", "width": 8, "depth": 2}, (6,)),
+    # graphs (molecules): input_shape is a GraphShape, the example input a batch of random graphs
+    "mpnn": ({"name": "mpnn", "width": 8, "edge_hidden": 8}, GraphShape(11, 4)),
 }
 CASES = [(a, f) for a in ARCHS.names() for f in FAMILIES]
 TASKS = [ClassificationTask("a", 3), ClassificationTask("b", 4), ClassificationTask("c", 2)]
@@ -47,7 +50,7 @@ def built(request):
     if model is None:
         return None
     model.eval()  # deterministic (no dropout, BN running stats): subsets must equal the full forward
-    return model, torch.randn(2, *shape)
+    return model, (random_graphs(shape, 2) if isinstance(shape, GraphShape) else torch.randn(2, *shape))
 
 
 def test_forward_tasks_returns_exactly_the_subset(built):

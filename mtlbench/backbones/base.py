@@ -96,9 +96,14 @@ class Backbone(nn.Module):
     def out_channels(self) -> int:
         return self.blocks[-1].out_channels
 
+    def begin(self, x):
+        """(stem output, the per-forward ``state`` dict the blocks read and write): an empty
+        state for tensor inputs; a graph backbone puts the graph's edges there. Architectures
+        that run the blocks themselves (cross-stitch) start a column with it."""
+        return self.stem(x), {}
+
     def forward(self, x):
-        state: dict = {}
-        x = self.stem(x)
+        x, state = self.begin(x)
         for block in self.blocks:
             x = block(x, state)
         return x
@@ -145,11 +150,31 @@ def mlp(input_shape: Tuple[int, ...], width: int = 64, depth: int = 2, dropout: 
     return Backbone(stem, [MLPBlock(width, width, dropout=dropout) for _ in range(depth)], name="mlp")
 
 
+def graph_backbone(fn):
+    """Marks a backbone builder that needs graph inputs (a dataset whose ``input_shape`` is a
+    ``GraphShape``); it is called with that GraphShape."""
+    fn.input_kind = "graph"
+    return fn
+
+
 def build_backbone(cfg: dict, input_shape) -> Backbone:
     """Build from a backbone config node: ``name`` plus the builder's keyword arguments."""
+    from mtlbench.core.graphs import GraphShape
+
     kw = dict(cfg)
     name = kw.pop("name")
     builder = BACKBONES.get(name)
+    graphs = isinstance(input_shape, GraphShape)
+    if graphs or getattr(builder, "input_kind", None) == "graph":
+        fits = ", ".join(n for n in BACKBONES.names() if (getattr(BACKBONES.get(n), "input_kind", None) == "graph")
+                         == graphs)
+        if not graphs:
+            raise ValueError(f"backbone {name} needs graph inputs (e.g. dataset=qm9) but the dataset gives inputs of "
+                             f"shape {tuple(input_shape)}: set backbone= one of {fits}")
+        if getattr(builder, "input_kind", None) != "graph":
+            raise ValueError(f"backbone {name} cannot read graphs, and the dataset gives graphs ({input_shape}): "
+                             f"set backbone= one of {fits}")
+        return builder(input_shape, **kw)
     need = getattr(builder, "input_ndim", None)
     if need is not None and len(tuple(input_shape)) != need:
         fits = ", ".join(n for n in BACKBONES.names() if getattr(BACKBONES.get(n), "input_ndim", None) is None)

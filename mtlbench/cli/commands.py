@@ -207,6 +207,7 @@ def report_cli(args: List[str]) -> int:
         opts = Options(baseline=c["baseline"], methods=methods, split=c["split"], formats=fmt, test=c["test"],
                        alpha=c["alpha"], delta=c["delta"], confidence=c["confidence"],
                        n_resamples=c["n_resamples"], posthoc=c["posthoc"], seed=c["seed"], plots=c["plots"],
+                       published=c.get("published"),
                        metrics=None if c["metrics"] is None else list(c["metrics"]) if isinstance(c["metrics"], list)
                        else [c["metrics"]], names=c["names"], precision=c["precision"], percent=bool(c["percent"]),
                        resizebox=bool(c["resizebox"]), footnote=c["footnote"], second_mark=c["second_mark"],

@@ -6,7 +6,8 @@ the input shape and the ``train`` / ``val`` / ``test`` splits. A split yields
 unlabelled for some tasks, a ``{task: bool mask}`` dict.
 
 ``TensorSplit`` keeps a split in memory and batches by tensor indexing (no per-sample
-Python work); ``carve_val`` makes a seeded validation split for datasets without one;
+Python work; ``mtlbench.core.graphs.GraphSplit`` does the same for graphs, whose batch input
+is a ``GraphBatch``); ``carve_val`` makes a seeded validation split for datasets without one;
 ``limit`` caps the samples per split (the ``dataset.limit`` budget key).
 """
 from __future__ import annotations
@@ -38,12 +39,12 @@ def require_path(path, what: str, how_to_get: str):
 
 @dataclass
 class Batch:
-    x: torch.Tensor
+    x: torch.Tensor  # or a mtlbench.core.graphs.GraphBatch (graph datasets)
     targets: Dict[str, torch.Tensor]
     masks: Optional[Dict[str, torch.Tensor]] = None
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return len(self.x)  # a tensor's first dimension; a GraphBatch's number of graphs
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         if self.x.device == torch.device(device):
@@ -257,6 +258,12 @@ class MTLData:
 
     def sizes(self) -> Dict[str, int]:
         return {k: len(v) for k, v in self.splits.items()}
+
+    def example_input(self):
+        """One sample's input, batched (what ``count_flops`` runs): the train split's own
+        ``example_input()`` where it has one (graphs), else zeros of ``input_shape``."""
+        make = getattr(self.splits["train"], "example_input", None)
+        return make() if make is not None else torch.zeros((1, *self.input_shape))
 
 
 def carve_val(train, fraction: float, seed: int):

@@ -144,13 +144,15 @@ def count_params(model: MTLModel) -> dict:
             "parts": {k: count(v) for k, v in model.parameter_groups().items()}}
 
 
-def count_flops(model: MTLModel, input_shape, device="cpu") -> dict:
-    """Forward FLOPs for one sample: all tasks at once, and each task alone."""
+def count_flops(model: MTLModel, input_shape, device="cpu", example=None) -> dict:
+    """Forward FLOPs for one sample: all tasks at once, and each task alone. ``example``: one
+    sample's input, batched (``MTLData.example_input()``: a graph, for graph data); default
+    zeros of ``input_shape``."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
-    x = torch.zeros((1, *input_shape), device=device)
+    x = torch.zeros((1, *input_shape), device=device) if example is None else example.to(device)
 
     def flops(tasks):
         counter = FlopCounterMode(display=False)

@@ -30,9 +30,11 @@ def build_data(dcfg: dict, data_root: Optional[str] = None) -> MTLData:
     builder = DATASETS.get(dcfg["name"])
     root = dcfg.get("root") or data_root
     root = os.path.expanduser(root) if root else None
-    extra = {}
-    if dcfg.get("tasks") and "tasks" in inspect.signature(builder).parameters:
+    extra, params = {}, inspect.signature(builder).parameters
+    if dcfg.get("tasks") and "tasks" in params:
         extra["tasks"] = list(dcfg["tasks"])  # builders that can skip reading unused tasks' files
+    if dcfg.get("limit") and "limit" in params and int(dcfg["limit"]) > 0:
+        extra["limit"] = int(dcfg["limit"])  # builders that prepare only the samples kept (apply_limit still cuts)
     data = builder(root=root, split_seed=int(dcfg.get("split_seed") or 0),
                    **kwargs_of(dcfg, "root", "split_seed", "limit", "tasks"), **extra)
     if dcfg.get("tasks"):

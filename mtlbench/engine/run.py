@@ -137,7 +137,7 @@ def run_record(c: dict, result, data, run_id: str, method: str, started: str, wa
         "procedure": c["procedure"]["name"], "backbone": c["backbone"]["name"],
         "params": result.params if result.params is not None else count_params(model),
         "flops": result.flops if result.flops is not None else
-        count_flops(model, data.input_shape, device=next(model.parameters()).device),
+        count_flops(model, data.input_shape, device=next(model.parameters()).device, example=data.example_input()),
         "role": c.get("role") or "main",  # "candidate": a task-grouping candidate, never in reports
         "selection": {"mode": c["trainer"]["selection"], "epoch": fit.selected_epoch,
                       **(fit.extra or {}).get("selection", {})},

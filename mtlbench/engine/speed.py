@@ -49,8 +49,8 @@ class SpeedOptions:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
+    def layout(self, x):
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:  # 4-D tensors only (not graphs)
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

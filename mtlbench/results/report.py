@@ -62,6 +62,7 @@ class Options:
     footnote: str = "short"
     second_mark: str = "italic"
     columns: Optional[Sequence[str]] = None  # besides the metrics (tables.COLUMNS); None = all
+    published: Optional[str] = None  # a published table's key (results/published.py): its rows beside the measured
 
     def style(self):
         from mtlbench.results.tables import Style
@@ -111,6 +112,9 @@ class Options:
             raise ValueError(f"unknown column '{bad[0]}'; columns: {', '.join(COLUMNS)} (e.g. columns=[params,delta])")
         if self.names is not None and self.names is not False and not isinstance(self.names, dict):
             raise ValueError("names must be a mapping, e.g. names={hard_sharing: HS}, or false (identifiers)")
+            from mtlbench.results import published
+
+            published.load(self.published)  # an unknown key: one line naming the known ones
         return self
 
 
@@ -310,6 +314,10 @@ def write_report(results_dir, reports_dir, dataset: str, baseline: str = "stl",
     put("summary.csv", summary_frame(a).to_csv(index=False))
     put("significance.csv", a.sig.to_csv(index=False))
     table = tables.build(a, opts.style())
+    if opts.published:
+        from mtlbench.results import published
+
+        table = published.extend(table, a, published.load(opts.published))
     md = tables.to_markdown(table)
     put("summary.md", tables.to_markdown(table, long=True))  # always the long footnote
     writers = {"md": ("table.md", lambda: md), "tex": ("table.tex", lambda: tables.to_latex(table)),
@@ -340,7 +348,7 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
         notes.append(f"dataset(s) without a completed run left out: {', '.join(idle)}")
     symbol, _, hib = delta_info(opts.delta)
     for ds in known:
-        out = write_report(results_dir, reports_dir, ds, opts=opts)
+        out = write_report(results_dir, reports_dir, ds, opts=_for_dataset(opts, ds))
         summ = pd.read_csv(out / "summary.csv")
         if opts.delta in summ and summ[opts.delta].notna().any():
             scores[ds] = summ.set_index("method")[opts.delta]
@@ -381,6 +389,17 @@ def write_all(results_dir, reports_dir, opts: Options) -> Path:
     put("summary.md", "\n".join(lines) + "\n")
     _remove_stale(out, written)
     return out
+
+
+def _for_dataset(opts: Options, dataset: str) -> Options:
+    """``opts`` without ``published`` for a dataset the published table is not about."""
+    if not opts.published:
+        return opts
+    from dataclasses import replace
+
+    from mtlbench.results import published
+
+    return opts if published.load(opts.published).dataset == dataset else replace(opts, published=None)
 
 
 def build_summary(results_dir, dataset: str, baseline: str = "stl", methods: Optional[Sequence[str]] = None,
