@@ -27,7 +27,6 @@ gradients are released with ``zero_grad(set_to_none=True)``.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import time
@@ -40,6 +39,7 @@ from mtlbench.core.balancer import BalancerContext
 from mtlbench.core.data import MTLData, TensorSplit
 from mtlbench.core.procedure import FitResult, TrainingError  # noqa: F401  (re-exported)
 from mtlbench.core.tasks import Task
+from mtlbench.engine import selection
 from mtlbench.engine import session as sess
 from mtlbench.engine.checkpoint import CheckpointDir, CheckpointSlot, fault_point
 from mtlbench.engine.distributed import (SINGLE, DistContext, average_grads, mean_over_ranks, reduce_metrics,
@@ -355,7 +355,7 @@ class Trainer:
         """Train for ``epochs`` (a train pass and a validation per epoch), select the epoch
         (``selection``), test; checkpointed under ``slot`` (resumed / replayed from it).
 
-        ``selection``: ``last`` (the last epoch's model), ``best`` (see ``_track_best``) or
+        ``selection``: ``last`` (the last epoch's model), ``best`` (see ``selection.track_best``) or
         ``last_k_mean``: the test split is evaluated after each of the last k =
         min(``selection_k``, epochs) epochs and the reported test (and val) metrics and
         losses are their means over those k epochs, the protocol of MTAN (lorenmt/mtan) and of
@@ -370,7 +370,7 @@ class Trainer:
             return FitResult(**done)
         self.run_epochs(s, self.epochs, lambda epoch: self._fit_epoch(s, data, epoch, slot_), slot_, on_epoch)
         if self.selection == "last_k_mean":
-            result = self._last_k_mean(s)
+            result = selection.last_k_mean(s, self.selection_k, self.epochs)
             self.finish(s, slot_, result)
             return result
         chosen = s.state.get("best_epoch", self.epochs) if self.selection == "best" else self.epochs
@@ -402,31 +402,8 @@ class Trainer:
                                      partial=partial, on_step=on_step if every else None, total=total)
         row = self.epoch_row(s, epoch, train_loss)
         row["val"], row["val_loss"] = self.evaluate(s.model, data.splits["val"], data.tasks)
-        self._track_best(s, epoch, row["val_loss"])
+        if self.selection == "best":
+            selection.track_best(s, epoch, row["val_loss"])
         if self.selection == "last_k_mean" and epoch > self.epochs - min(self.selection_k, self.epochs):
             row["test"], row["test_loss"] = self.evaluate(s.model, data.splits["test"], data.tasks)
         return row
-
-    def _last_k_mean(self, s: Session) -> FitResult:
-        """``selection=last_k_mean``: means of the last k epochs' val / test metrics and losses."""
-        rows = s.history[-min(self.selection_k, self.epochs):]
-
-        def mean(key):
-            first = rows[0][key]
-            if all(not isinstance(v, dict) for v in first.values()):
-                return {t: sum(r[key][t] for r in rows) / len(rows) for t in first}
-            return {t: {m: sum(r[key][t][m] for r in rows) / len(rows) for m in ms} for t, ms in first.items()}
-
-        extra = {"selection": {"k": len(rows), "epochs": [int(r["epoch"]) for r in rows]}}
-        return FitResult(s.history, self.epochs, mean("val"), mean("val_loss"), mean("test"), mean("test_loss"),
-                         wall_time_s=s.wall_time(), extra=extra)
-
-    def _track_best(self, s: Session, epoch: int, val_loss: Dict[str, float]) -> None:
-        """``selection=best``: the epoch with the lowest mean over tasks of val loss / that
-        task's first-epoch val loss."""
-        if self.selection != "best":
-            return
-        first = s.state.setdefault("first_val", dict(val_loss))
-        score = sum(val_loss[t] / first[t] if first[t] > 0 else val_loss[t] for t in val_loss) / len(val_loss)
-        if score < s.state.get("best_score", math.inf):
-            s.state.update(best_score=score, best_epoch=epoch, best_state=copy.deepcopy(s.model.state_dict()))
