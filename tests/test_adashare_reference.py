@@ -49,3 +49,38 @@ def test_overlay_run_uses_the_reference_form(tmp_path, run_cli, results_dir):
         backbone(torch.zeros(1, 3, 32, 32))
     assert paper["hard_sharing"] == T * counter.get_total_flops() // 2
     assert paper["total"] == sum(paper["per_task"].values()) <= paper["hard_sharing"]
+
+
+def test_search_time_evaluation_samples_a_policy_per_forward():
+    """``search_eval_policy=sample``: in eval mode while searching, each forward runs a hard
+    policy drawn from the execute probabilities (the ``eval_sampler`` generator's draw);
+    without a sampler the argmax policy."""
+    from mtlbench.core.registry import ARCHS
+    from mtlbench.tasks import ClassificationTask
+
+    shape, tasks = (12,), [ClassificationTask("a", 3), ClassificationTask("b", 2)]
+    torch.manual_seed(0)
+    ada = ARCHS.get("adashare")(lambda: build_backbone({"name": "resmlp", "widths": [8, 8, 8]}, shape), tasks)
+    with torch.no_grad():  # P(execute) = 0.5 everywhere but block 0 of task a (argmax: skip)
+        ada.policy_logits.zero_()
+        ada.policy_logits[0, 0] = torch.tensor([-1.0, 1.0])
+    ada.set_mode("search").eval()
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(1))
+
+    def fixed(policy):
+        out = ada.set_policy(policy)(x)
+        ada.set_mode("search")
+        return out
+
+    outs = []
+    for seed in range(4):
+        ada.eval_sampler = torch.Generator().manual_seed(seed)
+        got = ada(x)
+        ada.eval_sampler = None
+        drawn = ada.sample_policy(torch.Generator().manual_seed(seed))
+        want = fixed(drawn)
+        assert all(torch.equal(got[t], want[t]) for t in want)
+        outs.append(drawn)
+    assert len({tuple(p.flatten().tolist()) for p in outs}) > 1  # the draws differ between seeds
+    argmax = ada.argmax_policy()
+    assert argmax[0, 0].item() is False and all(torch.equal(ada(x)[t], fixed(argmax)[t]) for t in ("a", "b"))

@@ -218,7 +218,13 @@ def test_group_cli_errors(tmp_path, capsys):
     assert mtlbench.cli.main(["group", f"scores={src}", "budget=abc"]) == 2
     assert mtlbench.cli.main(["group", f"scores={src}", "budget=1", "bogus=1"]) == 2
     assert mtlbench.cli.main(["group", f"scores={src}", "budget=1", "method=nope"]) == 2
+    # assign_scores: only with test_scores, and it must score every chosen network
+    assert mtlbench.cli.main(["group", f"scores={src}", "budget=1", f"assign_scores={src}"]) == 2
+    (tmp_path / "few.csv").write_text("network,cost,s,d,n,k,e\ns,0.5,0.1,,,,\n")
+    assert mtlbench.cli.main(["group", f"scores={src}", "budget=1", f"assign_scores={tmp_path / 'few.csv'}",
+                              f"test_scores={TASKONOMY / 'results_test.csv'}"]) == 2
     err = capsys.readouterr().err
+    assert "give test_scores" in err and "assign_scores table has no row for chosen network" in err
     assert all(line.startswith("mtlbench: error:") for line in err.strip().splitlines())
 
 

@@ -102,10 +102,15 @@ def test_esa_selects_on_short_runs_and_reports_full_ones(run_cli, results_dir):
     short_by = {tuple(r["tasks"]): r for r in short}
     full_by = {tuple(r["tasks"]): r for r in full}
     for e in g["budgets"].values():
-        pred = sum(short_by[tuple(n.split("+"))]["losses"]["val"][t] for t, n in e["assignment"].items())
+        pred = sum(short_by[tuple(n.split("+"))]["losses"]["val"][t] for t, n in e["selection_assignment"].items())
         real = sum(full_by[tuple(n.split("+"))]["losses"]["test"][t] for t, n in e["assignment"].items())
         assert e["predicted_total"] == pytest.approx(pred)
         assert e["realised_test_total"] == pytest.approx(real)
+        # each task served by the chosen network with its best FULLY TRAINED val loss (the paper's ESA)
+        for t, n in e["assignment"].items():
+            have = [m for m in e["networks"] if t in m.split("+")]
+            assert full_by[tuple(n.split("+"))]["losses"]["val"][t] == min(
+                full_by[tuple(m.split("+"))]["losses"]["val"][t] for m in have)
     assert all(g["candidates_full"][n]["epochs"] == 4 for n in g["budgets"]["1"]["networks"])
 
 
