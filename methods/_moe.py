@@ -47,6 +47,17 @@ from mtlbench.backbones.segnet import SegNetDecoderBlock, SegNetEncoderBlock
 VECTOR_BACKBONES = "mlp, resmlp"
 
 
+def refuse_graphs(backbone, arch: str) -> None:
+    """A graph backbone (``mpnn``) works on per-node features below its readout and carries
+    the edges in a per-forward state its own ``begin`` builds: its blocks cannot be copied
+    into experts / columns fed by a gate or another column. One line, naming the backbone."""
+    from mtlbench.backbones.base import Backbone
+
+    if type(backbone).begin is not Backbone.begin:
+        raise ValueError(f"arch {arch} cannot split backbone '{getattr(backbone, 'name', '?')}' (a graph backbone: "
+                         f"node-level blocks, edges in its own state); use arch=hard_sharing or independent")
+
+
 def input_kind(backbone, arch: str) -> Tuple[bool, int]:
     """(image input?, input channels or features) from the backbone's first weight layer."""
     for m in backbone.modules():
@@ -199,6 +210,7 @@ class ExpertFactory:
                  gate_pool: int = 1):
         self.backbone_fn, self.arch = backbone_fn, arch
         first = backbone_fn()
+        refuse_graphs(first, arch)
         self.name = getattr(first, "name", "backbone")
         self.head_options = dict(getattr(first, "head_options", None) or {})
         self.image, c_in = input_kind(first, arch)

@@ -63,7 +63,7 @@ from mtlbench.core.data import MTLData
 from mtlbench.core.model import MTLModel, make_heads, unique
 from mtlbench.core.procedure import FitResult, Procedure, ProcedureResult, RunContext
 from mtlbench.core.registry import ARCHS, PROCEDURES
-from mtlbench.methods import _ltb
+from mtlbench.methods import _ltb, _moe
 
 MODES = ("search", "warmup", "fixed")
 
@@ -75,6 +75,7 @@ class LearningToBranch(MTLModel):
     def __init__(self, backbone_fn, tasks, hard: bool = True):
         super().__init__(tasks)
         cols = [backbone_fn() for _ in self.task_names]
+        _moe.refuse_graphs(cols[0], "ltb")
         name = getattr(cols[0], "name", "backbone")
         if any(isinstance(b, (SegNetEncoderBlock, SegNetDecoderBlock)) for b in cols[0].blocks):
             raise ValueError(f"arch ltb cannot branch backbone '{name}': its decoder needs its own column's "

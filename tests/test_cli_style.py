@@ -80,6 +80,19 @@ def test_overlay_keeps_the_users_backbone(capsys):
     assert yaml.safe_load(text)["backbone"] == own  # exactly small_resnet's own node
 
 
+def test_dataset_keys_apply_where_the_chosen_backbone_has_them(capsys):
+    """multimnist sets backbone.stem_stride: 2 for its default small_cnn; backbone=mlp has no
+    such key, so it is dropped there (not an error from deep inside the builder)."""
+    assert main("run", "backbone=small_cnn", "--cfg", "job") == 0
+    assert yaml.safe_load(capsys.readouterr().out)["backbone"]["stem_stride"] == 2
+    assert main("run", "backbone=mlp", "--cfg", "job") == 0
+    node = yaml.safe_load(capsys.readouterr().out)["backbone"]
+    own = yaml.safe_load((resources.files("mtlbench.conf") / "backbone" / "mlp.yaml").read_text())
+    assert node == own
+    assert main("run", "-m", "backbone=mlp,small_cnn", "--cfg", "job") == 2
+    assert "conf/dataset/multimnist.yaml sets backbone.stem_stride, which backbone=mlp" in one_line(capsys)
+
+
 def test_list_and_help_import_no_torch():
     code = ("import sys; from mtlbench.cli.commands import main; main(['list']); main(['--help']); "
             "main(['run', '--help']); main(['report', '--help']); assert 'torch' not in sys.modules, 'torch'")

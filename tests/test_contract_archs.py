@@ -50,7 +50,12 @@ def built(request):
     if model is None:
         return None
     model.eval()  # deterministic (no dropout, BN running stats): subsets must equal the full forward
-    return model, (random_graphs(shape, 2) if isinstance(shape, GraphShape) else torch.randn(2, *shape))
+    return model, example_input(shape)
+
+
+def example_input(shape):
+    """Two examples of ``shape``: random graphs for a GraphShape, a random tensor otherwise."""
+    return random_graphs(shape, 2) if isinstance(shape, GraphShape) else torch.randn(2, *shape)
 
 
 def test_forward_tasks_returns_exactly_the_subset(built):

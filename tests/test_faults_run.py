@@ -94,10 +94,14 @@ def test_two_sweeps_in_the_same_second_get_distinct_sweep_folders():
 
 
 # ----------------------------------------------------------------- item 5, 10: NaN at its cause
-def test_tag_affinity_divergence_stops_the_run(run_cli, results_dir, capsys):
-    assert run_cli("method=tag_grouping", "procedure.every=1", "procedure.lookahead_lr=1e30") == 2
+@pytest.mark.parametrize("overrides,fix", [
+    (["procedure.lookahead=sgd_probe", "procedure.lookahead_lr=1e30"], "procedure.lookahead_lr"),
+    (["procedure.lookahead=optimizer", "trainer.optimizer._target_=torch.optim.SGD", "trainer.optimizer.lr=1e30"],
+     "trainer.optimizer.lr")])
+def test_tag_affinity_divergence_stops_the_run(overrides, fix, run_cli, results_dir, capsys):
+    assert run_cli("method=tag_grouping", "procedure.every=1", *overrides) == 2
     err = one_line_error(capsys)
-    assert "lookahead affinity" in err and "procedure.lookahead_lr" in err and "training step 1" in err
+    assert "lookahead affinity" in err and fix in err and "training step 1" in err
     (_, rec), = list(iter_runs(results_dir))
     assert rec["status"] == "failed"  # training had started: the failure is recorded
 
@@ -107,8 +111,8 @@ def test_adashare_nan_policy_step_names_the_pass_step_and_policy_lr(run_cli, cap
 
     real = search.sharing_loss
 
-    def nan_gradient(logits, start, weights):  # a finite value whose gradient is NaN
-        return real(logits, start, weights) + torch.sqrt((logits - logits.detach()).abs().sum())
+    def nan_gradient(logits, start, weights, *form):  # a finite value whose gradient is NaN
+        return real(logits, start, weights, *form) + torch.sqrt((logits - logits.detach()).abs().sum())
 
     monkeypatch.setattr(search, "sharing_loss", nan_gradient)
     assert run_cli(*SCENES) == 2
@@ -207,7 +211,8 @@ def test_leftovers_of_a_run_killed_after_its_run_json_are_removed(run_cli, resul
     (folder / ".run.json.123.abcdef.tmp").write_text("{")
     (folder / ".config.yaml.oldstyle.tmp").write_text("x")
     assert run_cli() == 0  # skipped: completed
-    assert sorted(p.name for p in folder.iterdir()) == [".hydra", "config.yaml", "metrics.jsonl", "run.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".hydra", "config.yaml", "history.csv", "log.txt", "metrics.jsonl",
+                                                        "run.json"]
 
 
 def test_cache_in_the_way_or_missing_an_array_is_handled(tmp_path):

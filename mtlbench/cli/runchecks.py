@@ -208,7 +208,33 @@ def overlay_overrides(overrides: List[str]) -> List[str]:
             if keys:
                 print(f"[mtlbench] {group}={o.value()} from the command line wins over conf/overlay/{method}/"
                       f"{dataset}.yaml (which sets {', '.join(f'{group}.{k}' for k in keys)})", flush=True)
+    for dataset in values("dataset"):
+        extra += _dataset_keys_lacking(dataset, chosen, explicit)
     return list(dict.fromkeys(extra))
+
+
+def _dataset_keys_lacking(dataset: str, chosen: dict, explicit: set) -> List[str]:
+    """A dataset config may set keys of another group for its default choice (multimnist:
+    ``backbone.stem_stride: 2``); they apply to the group the user picks where it has the key
+    and are dropped (``~group.key``) where it does not (``backbone=mlp`` on multimnist)."""
+    node = _conf_yaml(f"dataset/{dataset}.yaml") or {}
+    out: List[str] = []
+    for group in (g for g in chosen if g not in ("method", "dataset", "trainer") and isinstance(node.get(g), dict)):
+        o = chosen[group]
+        picks = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+        for k in (k for k in _leaves(node[group]) if f"{group}.{k}" not in explicit):
+            lacking = []
+            for v in picks:
+                try:
+                    _get(_conf_yaml(f"{group}/{v}.yaml") or {}, k)
+                except KeyError:
+                    lacking.append(v)
+            if lacking and len(lacking) < len(picks):
+                raise ValueError(f"conf/dataset/{dataset}.yaml sets {group}.{k}, which {group}={lacking[0]} does "
+                                 f"not have: sweep the {group} values that have it and the others separately")
+            if lacking:
+                out.append(f"~{group}.{k}")
+    return out
 
 
 def _compose(overrides: List[str]):

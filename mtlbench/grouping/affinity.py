@@ -156,6 +156,11 @@ def optimizer_affinity(model, batch: Batch, tasks, optimizer: torch.optim.Optimi
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 ahead = task_losses(lambda x: functional_call(model, moved, (x,)), batch, tasks)
             z[i] = np.where(present, (1.0 - (ahead / base.clamp_min(1e-12)).cpu().numpy()) / lr, np.nan)
+            bad = [j for j in range(T) if present[j] and not np.isfinite(z[i, j])]
+            if bad:
+                raise TrainingError(f"non-finite lookahead affinity Z[{tasks[i].name} -> {tasks[bad[0]].name}] "
+                                    f"(the optimiser's lookahead step diverged); lower trainer.optimizer.lr "
+                                    f"(got {lr:g}) or use procedure.lookahead=sgd_probe")
     finally:
         with torch.no_grad():
             for n, b in model.named_buffers():

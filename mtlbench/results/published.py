@@ -147,8 +147,11 @@ def extend(table, a, pub: PublishedTable):
         if np.isfinite(d):
             cells[delta_col] = Cell(text=f"{d + 0.0:+.2f}")  # + 0.0: no "-0.00"
         table.rows.append(f"{r.label} (published)")
+        if table.row_names:
+            table.row_names.append(f"{r.label} (published)")
         table.cells.append(cells + [Cell(), Cell()])
-    table.columns += [Column("vs published", f"{symbol} paper (%)"), Column("vs published", "gap (%)")]
+    table.columns += [Column("vs published", label, group_name="vs published", label_name=label, key="published")
+                      for label in (f"{symbol} paper (%)", "gap (%)")]
     for i, m in enumerate(table.rows[:len(a.methods)]):
         r = pub.row_for(m)
         pair = [Cell(), Cell()]
