@@ -55,7 +55,7 @@ METHODS: Dict[str, List[str]] = {
 }
 EVENTS = ("write", "pt", "save", "epoch", "eval", "record")
 WALL_CLOCK = {"wall_time_s", "train_time_s", "epoch_time_s", "started_at", "finished_at", "time_s",
-              "candidate_train_time_s", "git_commit"}
+              "candidate_train_time_s"}
 PROVENANCE = {"trained", "reused"}  # Standley: which process trained a candidate (their union is compared)
 
 
@@ -204,7 +204,7 @@ def trial(run: Runner, rng: random.Random, method: str, ref: dict, store: Path, 
     res["exact"] += int(sum(diff.values()) == 0)
     if sum(diff.values()):
         print(f"  MISMATCH {method} killed at {points}: {diff}", flush=True)
-    return dict(res)
+    return dict(res, points=points)
 
 
 def report_trials(run: Runner, rng: random.Random, stores: List[Path], work: Path, n: int) -> dict:
@@ -269,7 +269,8 @@ def main(argv: List[str]) -> int:
         def one(plan):
             i, m, r = plan
             out = trial(run, r, m, refs[m], work / f"trial-{i}", twice=r.random() < 0.25)
-            print(f"trial {i + 1}/{a.n} {m}: {out}", flush=True)
+            points = out.pop("points", [])
+            print(f"trial {i + 1}/{a.n} {m} killed at {', '.join(points)}: {out}", flush=True)
             return out
 
         from concurrent.futures import ThreadPoolExecutor
