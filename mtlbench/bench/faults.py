@@ -19,7 +19,8 @@ with an uninterrupted one (text outputs equal, images complete).
 Printed: kills, resumes completed, exact matches, mismatches, duplicate and missing log
 rows, corrupt files (a JSON / JSONL / YAML that does not parse, a truncated PNG / PDF),
 temp files left, leftovers (a completed run with checkpoints/ or .lock), the headline last.
-Each trial is a few seconds on one CPU thread; ``--n 48`` takes about ten minutes on 2 cores.
+Each trial is two or three tiny runs (subprocesses, one CPU thread each); ``--n 48 --reports 4``
+took 40 minutes on 2 cores shared with other jobs (load average ~16).
 """
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ def trial(run: Runner, rng: random.Random, method: str, ref: dict, store: Path, 
     for kill_at, delay in kills:
         rc, killed, _, _ = run(run_args(method, store, extra), kill_at=kill_at, delay=delay)
         res["kills"] += killed
-        points.append(kill_at or f"{delay:.1f}s")
+        points.append((kill_at or f"{delay:.1f}s") + ("" if killed else " (finished first: not killed)"))
         if not killed and rc != 0:
             res["errors"] += 1
     rc, _, _, err = run(run_args(method, store, extra))
