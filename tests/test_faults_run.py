@@ -106,6 +106,28 @@ def test_tag_affinity_divergence_stops_the_run(overrides, fix, run_cli, results_
     assert rec["status"] == "failed"  # training had started: the failure is recorded
 
 
+def test_tag_affinity_with_a_nan_loss_names_the_task_instead_of_averaging_it_away():
+    """Item 5, the NaN-loss case: a diverged head (its weights NaN) makes task c's probe
+    loss NaN; the affinity step stops naming c instead of dropping the NaN ratios."""
+    from mtlbench.backbones.base import build_backbone
+    from mtlbench.core.procedure import TrainingError
+    from mtlbench.core.registry import ARCHS
+    from mtlbench.grouping.affinity import lookahead_affinity, probe_batch
+    from test_tabular_affinity import toy
+
+    data = toy()
+    torch.manual_seed(0)
+    model = ARCHS.get("hard_sharing")(lambda: build_backbone({"name": "resmlp", "width": 8, "depth": 1}, (5,)),
+                                      data.tasks)
+    batch = probe_batch(data.splits["train"], data.task_names, torch.Generator().manual_seed(0), probe_per_task=20)
+    assert np.isfinite(lookahead_affinity(model, batch, data.tasks, lookahead_lr=0.05)).all()
+    with torch.no_grad():
+        for p in model.heads["c"].parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="non-finite loss of task c on the affinity probe"):
+        lookahead_affinity(model, batch, data.tasks, lookahead_lr=0.05)
+
+
 def test_adashare_nan_policy_step_names_the_pass_step_and_policy_lr(run_cli, capsys, monkeypatch):
     import mtlbench.methods.adashare.search as search
 

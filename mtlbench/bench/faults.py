@@ -19,7 +19,8 @@ with an uninterrupted one (text outputs equal, images complete).
 Printed: kills, resumes completed, exact matches, mismatches, duplicate and missing log
 rows, corrupt files (a JSON / JSONL / YAML that does not parse, a truncated PNG / PDF),
 temp files left, leftovers (a completed run with checkpoints/ or .lock), the headline last.
-Each trial is a few seconds on one CPU thread; ``--n 48`` takes about ten minutes on 2 cores.
+Each trial is two or three tiny runs (subprocesses, one CPU thread each); ``--n 48 --reports 4``
+took 40 minutes on 2 cores shared with other jobs (load average ~16).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ METHODS: Dict[str, List[str]] = {
 }
 EVENTS = ("write", "pt", "save", "epoch", "eval", "record")
 WALL_CLOCK = {"wall_time_s", "train_time_s", "epoch_time_s", "started_at", "finished_at", "time_s",
-              "candidate_train_time_s", "git_commit"}
+              "candidate_train_time_s"}
 PROVENANCE = {"trained", "reused"}  # Standley: which process trained a candidate (their union is compared)
 
 
@@ -190,7 +191,7 @@ def trial(run: Runner, rng: random.Random, method: str, ref: dict, store: Path, 
     for kill_at, delay in kills:
         rc, killed, _, _ = run(run_args(method, store, extra), kill_at=kill_at, delay=delay)
         res["kills"] += killed
-        points.append(kill_at or f"{delay:.1f}s")
+        points.append((kill_at or f"{delay:.1f}s") + ("" if killed else " (finished first: not killed)"))
         if not killed and rc != 0:
             res["errors"] += 1
     rc, _, _, err = run(run_args(method, store, extra))
@@ -204,7 +205,7 @@ def trial(run: Runner, rng: random.Random, method: str, ref: dict, store: Path, 
     res["exact"] += int(sum(diff.values()) == 0)
     if sum(diff.values()):
         print(f"  MISMATCH {method} killed at {points}: {diff}", flush=True)
-    return dict(res)
+    return dict(res, points=points)
 
 
 def report_trials(run: Runner, rng: random.Random, stores: List[Path], work: Path, n: int) -> dict:
@@ -269,7 +270,8 @@ def main(argv: List[str]) -> int:
         def one(plan):
             i, m, r = plan
             out = trial(run, r, m, refs[m], work / f"trial-{i}", twice=r.random() < 0.25)
-            print(f"trial {i + 1}/{a.n} {m}: {out}", flush=True)
+            points = out.pop("points", [])
+            print(f"trial {i + 1}/{a.n} {m} killed at {', '.join(points)}: {out}", flush=True)
             return out
 
         from concurrent.futures import ThreadPoolExecutor
