@@ -39,6 +39,11 @@ def build(arch, family):
         return None, shape
 
 
+def example(shape):
+    """A batch of 2 inputs for ``shape``: random graphs for a GraphShape, else a random tensor."""
+    return random_graphs(shape, 2) if isinstance(shape, GraphShape) else torch.randn(2, *shape)
+
+
 def ids(params):
     return {id(p) for p in params}
 
@@ -50,12 +55,7 @@ def built(request):
     if model is None:
         return None
     model.eval()  # deterministic (no dropout, BN running stats): subsets must equal the full forward
-    return model, example_input(shape)
-
-
-def example_input(shape):
-    """Two examples of ``shape``: random graphs for a GraphShape, a random tensor otherwise."""
-    return random_graphs(shape, 2) if isinstance(shape, GraphShape) else torch.randn(2, *shape)
+    return model, example(shape)
 
 
 def test_forward_tasks_returns_exactly_the_subset(built):

@@ -167,7 +167,7 @@ def test_pyg_root_is_read_as_pyg_processed_it(tmp_path):
 def qm9_runs(make_run_cli, tmp_path_factory):
     results = tmp_path_factory.mktemp("qm9_results")
     run = make_run_cli(results)
-    for method in ("hard_sharing", "stl"):
+    for method in ("hard_sharing", "stl", "mgda"):  # mgda: a balancer on the graph readout's representation
         assert run("dataset=qm9", f"method={method}", "dataset.limit=16", "backbone.width=8", "backbone.edge_hidden=8") == 0
     return results
 
@@ -178,6 +178,9 @@ def test_tiny_end_to_end_run_reports_eleven_maes(qm9_runs):
     assert list(maes) == list(mol.TARGETS) and all(list(v) == ["mae"] for v in maes.values())
     assert all(np.isfinite(v["mae"]) and v["mae"] > 0 for v in maes.values())
     assert rec["flops"]["total"] > 0 and rec["data_sizes"] == {"test": 16, "val": 16, "train": 16}
+    (rec,) = [json.loads(p.read_text()) for p in (qm9_runs / "qm9" / "mgda").glob("*/run.json")]
+    assert rec["balancer"] == "mgda" and list(rec["metrics"]["test"]) == list(mol.TARGETS)
+    assert all(np.isfinite(v["mae"]) for v in rec["metrics"]["test"].values())
 
 
 def test_report_shows_published_rows(qm9_runs, tmp_path):

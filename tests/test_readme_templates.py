@@ -44,7 +44,7 @@ def test_readme_templates_pass_the_contracts_and_run(plugin, run_cli, results_di
     bals.test_state_dict_round_trip_gives_a_bit_identical_next_step("my_balancer")
     for family in archs.FAMILIES:
         model, shape = archs.build("my_arch", family)
-        built = (model.eval(), archs.example_input(shape))
+        built = (model.eval(), archs.example(shape))
         archs.test_forward_tasks_returns_exactly_the_subset(built)
         archs.test_a_task_loss_reaches_only_shared_and_its_own_parameters(built)
         archs.test_parameter_counts_are_the_sum_of_declared_parts(built)
