@@ -27,7 +27,10 @@ through an identity whose backward adds ∂R/∂r (``regularizer`` below), i.e. 
 gradient of task loss + R, once per backward pass through the gate (a per-task gradient
 balancer weights it with its task weight). Deviation: the reference (Keras ``add_loss``) and
 LibMTL (a ``backward`` inside the forward) add R to every step's objective the same way, but
-R is not part of the logged training loss here.
+R is not part of the logged training loss here. LibMTL regularises only its last task's gate
+(the loop's last ``selector_outputs``); this regularises every gate, as the reference. Checked
+against LibMTL on identical weights (``tests/test_moe_reference.py``): equal outputs, and the
+last task's gate gradient with R equal.
 
 Defaults: ``num_experts`` 4, ``k`` 2, ``gamma`` 1.0 (the reference's), ``entropy_weight`` 1e−6.
 Experts, trunk, gate inputs: ``methods/_moe.py``. Parameters as MMoE: ``shared_parameters()``

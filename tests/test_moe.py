@@ -174,3 +174,15 @@ def test_gate_statistics_are_logged_per_epoch_and_plotted(run_cli, results_dir, 
             runs = pd.DataFrame({"method": ["cgc+equal"], "path": [str(run)]})
     paths = gate_weights(A, tmp_path)
     assert [p.name for p in paths] == ["gate_weights.png", "gate_weights.pdf"] and all(p.is_file() for p in paths)
+
+
+@pytest.mark.parametrize("arch,balancer", [("mmoe", "uw"), ("dselect_k", "mgda")])
+def test_moe_archs_compose_with_loss_and_gradient_balancers(arch, balancer, run_cli, results_dir):
+    """A loss balancer (learned weights) and a gradient balancer (one backward per task through
+    the gates: DSelect-k's regulariser gradient is added on each) train to finite losses."""
+    assert run_cli("dataset=mmoe_synthetic", f"arch={arch}", f"balancer={balancer}", "trainer.epochs=1",
+                   "dataset.dim=8", "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16",
+                   "backbone.width=8") == 0
+    run = next((results_dir / "mmoe_synthetic" / f"{arch}+{balancer}").iterdir())
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(v) for v in row["train_loss"].values()) and set(row["arch"]["gates"]) == {"y1", "y2"}
