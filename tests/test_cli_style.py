@@ -92,11 +92,11 @@ def test_static_names_are_the_registry():
     assert static_names() == {kind: reg.names() for kind, reg in ALL.items()}
 
 
-def _run(results, method, seed, status):
+def _run(results, method, seed, status, reason="boom"):
     folder = RunFolder(results, "toy", method, f"s{seed}-{status}")
     folder.path.mkdir(parents=True)
     if status != "unfinished":
-        atomic_write_json(folder.run_json, {"status": status, "run_id": folder.run_id, "reason": "boom"})
+        atomic_write_json(folder.run_json, {"status": status, "run_id": folder.run_id, "reason": reason})
     return folder.path
 
 
@@ -104,11 +104,14 @@ def test_clean_removes_exactly_the_failed_then_the_unfinished(tmp_path, capsys):
     res = tmp_path / "results"
     done, failed, unfinished = _run(res, "a", 0, "completed"), _run(res, "b", 0, "failed"), _run(res, "a", 1, "unfinished")
     busy = _run(res, "a", 2, "unfinished")
+    long = _run(res, "c", 0, "failed", "diverged " * 20)  # 180 characters: cut at a word, not mid-word
     (busy / ".lock").write_text(str(os.getpid()))  # held by a live process
     assert main("clean", f"results_dir={res}", "--failed", "--dry-run") == 0
-    assert f"would remove {failed} (failed: boom)" in capsys.readouterr().out and failed.exists()
+    out = capsys.readouterr().out
+    assert f"would remove {failed} (failed: boom)" in out and failed.exists()
+    assert f"would remove {long} (failed: {'diverged ' * 10}...)" in out
     assert main("clean", "--failed", f"results_dir={res}") == 0
-    assert not failed.exists() and not (res / "toy" / "b").exists() and unfinished.exists() and done.exists()
+    assert not failed.exists() and not long.exists() and not (res / "toy" / "b").exists() and unfinished.exists() and done.exists()
     assert main("clean", f"results_dir={res}") == 0
     assert not unfinished.exists() and done.exists() and busy.exists()
     assert "skipped 1 in progress" in capsys.readouterr().out
