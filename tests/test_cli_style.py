@@ -80,6 +80,23 @@ def test_overlay_keeps_the_users_backbone(capsys):
     assert yaml.safe_load(text)["backbone"] == own  # exactly small_resnet's own node
 
 
+def test_dataset_backbone_keys_follow_the_users_backbone(run_cli, results_dir, capsys):
+    # multimnist tunes small_cnn (backbone.stem_stride=2): kept for small_cnn, not applied to mlp
+    assert main("run", "backbone=small_cnn", "--cfg", "job") == 0
+    assert yaml.safe_load(capsys.readouterr().out)["backbone"]["stem_stride"] == 2
+    assert main("run", "backbone=mlp", "--cfg", "job") == 0
+    note, text = capsys.readouterr().out.split("\n", 1)
+    assert "backbone.stem_stride (for small_cnn) not applied" in note
+    assert "stem_stride" not in yaml.safe_load(text)["backbone"]
+    assert run_cli("backbone=mlp") == 0  # trains (mlp takes no stem_stride)
+    capsys.readouterr()
+    assert main("run", "-m", "backbone=mlp", "dataset=scenes,multimnist", f"results_dir={results_dir}") == 2
+    assert "run dataset=multimnist in a command of its own" in one_line(capsys)
+    assert main("run", "-m", "method=stl,hard_sharing", "--cfg", "job") == 2  # not Hydra's traceback
+    assert "cannot be combined with -m" in one_line(capsys)
+    assert len(list(results_dir.rglob("run.json"))) == 1  # the mlp run only
+
+
 def test_list_and_help_import_no_torch():
     code = ("import sys; from mtlbench.cli.commands import main; main(['list']); main(['--help']); "
             "main(['run', '--help']); main(['report', '--help']); assert 'torch' not in sys.modules, 'torch'")
