@@ -80,17 +80,21 @@ def test_overlay_keeps_the_users_backbone(capsys):
     assert yaml.safe_load(text)["backbone"] == own  # exactly small_resnet's own node
 
 
-def test_dataset_keys_apply_where_the_chosen_backbone_has_them(capsys):
-    """multimnist sets backbone.stem_stride: 2 for its default small_cnn; backbone=mlp has no
-    such key, so it is dropped there (not an error from deep inside the builder)."""
+def test_dataset_backbone_keys_follow_the_users_backbone(run_cli, results_dir, capsys):
+    # multimnist tunes small_cnn (backbone.stem_stride=2): kept for small_cnn, not applied to mlp
     assert main("run", "backbone=small_cnn", "--cfg", "job") == 0
     assert yaml.safe_load(capsys.readouterr().out)["backbone"]["stem_stride"] == 2
     assert main("run", "backbone=mlp", "--cfg", "job") == 0
-    node = yaml.safe_load(capsys.readouterr().out)["backbone"]
-    own = yaml.safe_load((resources.files("mtlbench.conf") / "backbone" / "mlp.yaml").read_text())
-    assert node == own
-    assert main("run", "-m", "backbone=mlp,small_cnn", "--cfg", "job") == 2
-    assert "conf/dataset/multimnist.yaml sets backbone.stem_stride, which backbone=mlp" in one_line(capsys)
+    note, text = capsys.readouterr().out.split("\n", 1)
+    assert "backbone.stem_stride (for small_cnn) not applied" in note
+    assert "stem_stride" not in yaml.safe_load(text)["backbone"]
+    assert run_cli("backbone=mlp") == 0  # trains (mlp takes no stem_stride)
+    capsys.readouterr()
+    assert main("run", "-m", "backbone=mlp", "dataset=scenes,multimnist", f"results_dir={results_dir}") == 2
+    assert "run dataset=multimnist in a command of its own" in one_line(capsys)
+    assert main("run", "-m", "method=stl,hard_sharing", "--cfg", "job") == 2  # not Hydra's traceback
+    assert "cannot be combined with -m" in one_line(capsys)
+    assert len(list(results_dir.rglob("run.json"))) == 1  # the mlp run only
 
 
 def test_list_and_help_import_no_torch():
@@ -105,11 +109,11 @@ def test_static_names_are_the_registry():
     assert static_names() == {kind: reg.names() for kind, reg in ALL.items()}
 
 
-def _run(results, method, seed, status):
+def _run(results, method, seed, status, reason="boom"):
     folder = RunFolder(results, "toy", method, f"s{seed}-{status}")
     folder.path.mkdir(parents=True)
     if status != "unfinished":
-        atomic_write_json(folder.run_json, {"status": status, "run_id": folder.run_id, "reason": "boom"})
+        atomic_write_json(folder.run_json, {"status": status, "run_id": folder.run_id, "reason": reason})
     return folder.path
 
 
@@ -117,11 +121,14 @@ def test_clean_removes_exactly_the_failed_then_the_unfinished(tmp_path, capsys):
     res = tmp_path / "results"
     done, failed, unfinished = _run(res, "a", 0, "completed"), _run(res, "b", 0, "failed"), _run(res, "a", 1, "unfinished")
     busy = _run(res, "a", 2, "unfinished")
+    long = _run(res, "c", 0, "failed", "diverged " * 20)  # 180 characters: cut at a word, not mid-word
     (busy / ".lock").write_text(str(os.getpid()))  # held by a live process
     assert main("clean", f"results_dir={res}", "--failed", "--dry-run") == 0
-    assert f"would remove {failed} (failed: boom)" in capsys.readouterr().out and failed.exists()
+    out = capsys.readouterr().out
+    assert f"would remove {failed} (failed: boom)" in out and failed.exists()
+    assert f"would remove {long} (failed: {'diverged ' * 10}...)" in out
     assert main("clean", "--failed", f"results_dir={res}") == 0
-    assert not failed.exists() and not (res / "toy" / "b").exists() and unfinished.exists() and done.exists()
+    assert not failed.exists() and not long.exists() and not (res / "toy" / "b").exists() and unfinished.exists() and done.exists()
     assert main("clean", f"results_dir={res}") == 0
     assert not unfinished.exists() and done.exists() and busy.exists()
     assert "skipped 1 in progress" in capsys.readouterr().out

@@ -99,11 +99,14 @@ def main(args: List[str]) -> int:
         return 2
     print(f"task grouping selection on synthetic tables (seed {a.seed}); budgets n/4, n/2, 3n/4; "
           f"time = max per budget (s); gap = max over budgets (%)")
-    print(f"{'n':>4} {'candidates':>10} {'method':<18} {'time_s':>8} {'gap_%':>7}  vs / LP bound")
+    print(f"{'n':>4} {'candidates':>10} {'method':<18} {'time_s':>8} {'gap_%':>7}  vs / LP bound", flush=True)
     warm = SyntheticTasks(3, 0)  # imports and solver start-up out of the timings
     select(warm.table(warm.all_groups()), 2, "milp")
     all_rows = []
-    for n in a.n:
+    from mtlbench.bench import progress
+
+    for k, n in enumerate(a.n, 1):
+        progress(f"{k}/{len(a.n)}: n = {n} tasks, budgets {budgets_for(n)}")
         for r in bench_n(n, a.seed, a.max_exact, a.width):
             all_rows.append(r)
             extra = f" (certified gap <= {r['bound_pct']:.2f}% from the LP bound)" if "bound_pct" in r else ""

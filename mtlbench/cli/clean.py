@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import textwrap
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -97,7 +98,7 @@ def main(args: List[str]) -> int:
             counts["in progress"] += 1
             continue
         counts[status] += 1
-        why = f": {' '.join(reason.split())[:100]}" if reason else ""
+        why = f": {textwrap.shorten(reason, 100, placeholder=' ...')}" if reason else ""  # cut at a word
         print(f"{verb} {folder} ({status}{why})")
         if not c["dry_run"]:
             shutil.rmtree(folder, ignore_errors=True)

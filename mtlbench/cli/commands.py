@@ -128,6 +128,9 @@ def run_cli(args: List[str]) -> int:
         print(runchecks.run_help())
         return 0
     flags, overrides = runchecks.split_flags(args)
+    if any(f in ("-m", "--multirun") for f in flags) and any(f in ("--cfg", "-c", "--info", "-i") for f in flags):
+        return fail("run: --cfg/--info show one job's config and cannot be combined with -m: drop -m and give "
+                    "one value per key (e.g. method=stl)")
     msg = (runchecks.check_launcher(overrides) or check_group_overrides(overrides)
            or runchecks.check_sweep_store(overrides, any(f in ("-m", "--multirun") for f in flags)))
     if msg:

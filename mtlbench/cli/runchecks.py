@@ -208,33 +208,41 @@ def overlay_overrides(overrides: List[str]) -> List[str]:
             if keys:
                 print(f"[mtlbench] {group}={o.value()} from the command line wins over conf/overlay/{method}/"
                       f"{dataset}.yaml (which sets {', '.join(f'{group}.{k}' for k in keys)})", flush=True)
-    for dataset in values("dataset"):
-        extra += _dataset_keys_lacking(dataset, chosen, explicit)
-    return list(dict.fromkeys(extra))
+    return list(dict.fromkeys(extra + _dataset_backbone(chosen, explicit, values("dataset"))))
 
 
-def _dataset_keys_lacking(dataset: str, chosen: dict, explicit: set) -> List[str]:
-    """A dataset config may set keys of another group for its default choice (multimnist:
-    ``backbone.stem_stride: 2``); they apply to the group the user picks where it has the key
-    and are dropped (``~group.key``) where it does not (``backbone=mlp`` on multimnist)."""
-    node = _conf_yaml(f"dataset/{dataset}.yaml") or {}
-    out: List[str] = []
-    for group in (g for g in chosen if g not in ("method", "dataset", "trainer") and isinstance(node.get(g), dict)):
-        o = chosen[group]
-        picks = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
-        for k in (k for k in _leaves(node[group]) if f"{group}.{k}" not in explicit):
-            lacking = []
-            for v in picks:
-                try:
-                    _get(_conf_yaml(f"{group}/{v}.yaml") or {}, k)
-                except KeyError:
-                    lacking.append(v)
-            if lacking and len(lacking) < len(picks):
-                raise ValueError(f"conf/dataset/{dataset}.yaml sets {group}.{k}, which {group}={lacking[0]} does "
-                                 f"not have: sweep the {group} values that have it and the others separately")
-            if lacking:
-                out.append(f"~{group}.{k}")
-    return out
+def _dataset_backbone(chosen: dict, explicit: set, datasets: List[str]) -> List[str]:
+    """A dataset config's ``backbone.*`` keys tune the backbone it picks (multimnist: the
+    small_cnn stem stride); a different ``backbone=`` from the command line gets its own
+    values for them, and loses those it does not have (``~backbone.<key>``)."""
+    o = chosen.get("backbone")
+    if o is None:
+        return []
+    extra: List[str] = []
+    for dataset in datasets:
+        conf = _conf_yaml(f"dataset/{dataset}.yaml") or {}
+        own = next((e["override /backbone"] for e in conf.get("defaults", []) if isinstance(e, dict)
+                    and "override /backbone" in e), None)
+        keys = [k for k in _leaves(conf.get("backbone") or {}) if f"backbone.{k}" not in explicit]
+        if not keys:
+            continue
+        if o.is_sweep_override():
+            raise ValueError(f"conf/dataset/{dataset}.yaml sets backbone.{keys[0]} (for {own}) and backbone is "
+                             f"swept: run the backbone values one by one")
+        if str(o.value()) == own:
+            continue
+        if len(datasets) > 1:  # one override for every job: it cannot differ by dataset
+            raise ValueError(f"conf/dataset/{dataset}.yaml sets backbone.{keys[0]} for {own}, not for backbone="
+                             f"{o.value()}: run dataset={dataset} in a command of its own")
+        mine = _conf_yaml(f"backbone/{o.value()}.yaml") or {}
+        for k in keys:
+            try:
+                extra.append(f"backbone.{k}={_fmt(_get(mine, k))}")
+            except KeyError:
+                extra.append(f"~backbone.{k}")
+        print(f"[mtlbench] backbone={o.value()} from the command line: conf/dataset/{dataset}.yaml's "
+              f"{', '.join(f'backbone.{k}' for k in keys)} (for {own}) not applied", flush=True)
+    return extra
 
 
 def _compose(overrides: List[str]):

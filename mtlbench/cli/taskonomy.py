@@ -12,7 +12,6 @@ The building list is ``train_val_test_tiny.csv`` from StanfordVL/taskonomy's pub
 """
 from __future__ import annotations
 
-import io
 import urllib.error
 import urllib.request
 import zipfile

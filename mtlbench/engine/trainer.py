@@ -326,7 +326,7 @@ class Trainer:
         loss_sum = {t.name: 0.0 for t in tasks}
         count = {t.name: 0.0 for t in tasks}
         net = self.speed.compiled(model)
-        n = split.num_batches(self.eval_batch_size) if hasattr(split, "num_batches") else None
+        n = -(-len(split) // self.eval_batch_size) if hasattr(type(split), "__len__") else None  # the split read once
         bar = self.progress_bar(n, "evaluation", what="", unit="batch")
         for i, batch in enumerate(split.batches(self.eval_batch_size)):
             bar.update(1, samples=len(batch))
