@@ -28,7 +28,8 @@ Absent tasks (a loss of exactly 0 or an all-zero gradient: no labelled sample in
 are left out of the aggregation and get weight 0, so they contribute nothing.
 
 Subclasses implement ``aggregate(G, losses) -> (d, w)`` on the active tasks' rows (float32
-on the device; G is never scaled by AMP). Logged per epoch: the mean per-task weights
+on the device; G is never scaled by AMP); during the call ``self.active_index`` holds which
+tasks those rows are (indices into ``task_names``), for methods with per-task state. Logged per epoch: the mean per-task weights
 (``weights()``), and in ``balancer``: the mode(s) used, the mean pairwise cosine of the task
 gradients and the fraction of conflicting pairs (cosine < 0).
 """
@@ -58,6 +59,7 @@ class GradientBalancer(Balancer):
         self.register_buffer("weight_sum", torch.zeros(k))
         self.register_buffer("stats", torch.zeros(3))  # cosine sum, conflicting pairs, pairs
         self.register_buffer("steps", torch.zeros(()))
+        self.register_buffer("active_index", torch.zeros(0, dtype=torch.long), persistent=False)
         self._mode_counts: Dict[str, int] = {}
         self._epoch_weights: Optional[Dict[str, float]] = None
 
@@ -85,6 +87,7 @@ class GradientBalancer(Balancer):
         w_full = active.float()
         d = torch.zeros(n_shared, device=G.device)
         if len(idx) and n_shared:
+            self.active_index = idx
             d, w = self.aggregate(Gs[idx], stacked.detach().float()[idx])
             if w is not None:
                 w_full = torch.zeros_like(w_full).index_copy(0, idx, w.float())
