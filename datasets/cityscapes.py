@@ -25,7 +25,7 @@ from typing import Sequence
 
 from mtlbench.core.data import DataError, DatasetSplit, MTLData
 from mtlbench.datasets.nyuv2 import MTANFolder, augmenter, locate, make_splits, not_found
-from mtlbench.tasks.dense import DepthTask, SegmentationTask
+from mtlbench.tasks.dense import DenseConventions, DepthTask, SegmentationTask
 from mtlbench.core.registry import DATASETS
 
 
@@ -36,7 +36,9 @@ def layout(num_classes: int) -> str:
 @DATASETS.register("cityscapes")
 def cityscapes(root=None, split_seed: int = 0, num_classes: int = 7, val_fraction: float = 0.1,
                resize=None, augment: bool = True, scales: Sequence[float] = (1.0, 1.2, 1.5),
-               num_workers: int = 0) -> MTLData:
+               num_workers: int = 0, upsample_align_corners: bool = True, metric_aggregation: str = "pixel",
+               miou_classes: str = "union") -> MTLData:
+    conv = DenseConventions(upsample_align_corners, metric_aggregation, miou_classes)
     num_classes = int(num_classes)
     if num_classes not in (7, 19):
         raise DataError(f"dataset.num_classes must be 7 or 19 for Cityscapes (got {num_classes})")
@@ -52,7 +54,8 @@ def cityscapes(root=None, split_seed: int = 0, num_classes: int = 7, val_fractio
     splits = make_splits(make("train", aug), make("train", None), test, val_fraction, split_seed,
                          num_workers=num_workers)
     ds = splits["train"].dataset
-    tasks = [SegmentationTask("seg", num_classes, ignore_index=-1), DepthTask("depth")]
+    tasks = [SegmentationTask("seg", num_classes, ignore_index=-1, conventions=conv),
+             DepthTask("depth", conventions=conv)]
     return MTLData("cityscapes", tasks, (3, *(ds.resize or ds.hw)), splits,
                    info={"root": str(base), "num_classes": num_classes, "augment": repr(aug),
                          "split": f"MTAN train/ (val carved, val_fraction={val_fraction}) and val/ as test"})

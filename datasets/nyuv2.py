@@ -37,7 +37,8 @@ AdaShare (sunxm2357/AdaShare, ``dataloaders/nyu_v2_dataloader.py``), 480x640, 40
 Options: ``resize: [H, W]`` resizes every sample (bilinear for image/depth/normals with
 normals renormalised, nearest for labels); ``augment`` (train split only): MTAN's random
 scale-crop (``scales``) + horizontal flip. Tasks: ``seg`` (SegmentationTask, ignore -1),
-``depth`` (DepthTask), ``normal`` (NormalTask).
+``depth`` (DepthTask), ``normal`` (NormalTask); ``upsample_align_corners``,
+``metric_aggregation``, ``miou_classes``: the dense conventions (``mtlbench.tasks.dense``).
 
 This module also holds the helpers the other dense loaders share (file reading with
 one-line ``DataError`` s, ``DenseDataset``, ``MTANFolder``, split carving).
@@ -55,7 +56,7 @@ from torch.utils.data import Dataset
 
 from mtlbench.loaders.augment import Augmenter, resize_sample
 from mtlbench.core.data import DataError, DatasetSplit, MTLData, carve_val_indices
-from mtlbench.tasks.dense import DepthTask, NormalTask, SegmentationTask
+from mtlbench.tasks.dense import DenseConventions, DepthTask, NormalTask, SegmentationTask
 from mtlbench.core.registry import DATASETS
 
 NYU_TEST_FRACTION = 654 / 1449
@@ -324,7 +325,9 @@ def _adashare_items(root: Path, split_seed: int, test_fraction: float):
 @DATASETS.register("nyuv2")
 def nyuv2(root=None, split_seed: int = 0, format: str = "auto", val_fraction: float = 0.1,
           test_fraction: float = NYU_TEST_FRACTION, resize=None, augment: bool = True,
-          scales: Sequence[float] = (1.0, 1.2, 1.5), num_workers: int = 0) -> MTLData:
+          scales: Sequence[float] = (1.0, 1.2, 1.5), num_workers: int = 0, upsample_align_corners: bool = True,
+          metric_aggregation: str = "pixel", miou_classes: str = "union") -> MTLData:
+    conv = DenseConventions(upsample_align_corners, metric_aggregation, miou_classes)
     if format not in ("auto", "mtan", "adashare"):
         raise DataError(f"dataset.format must be auto, mtan or adashare (got {format!r})")
     detect = {"auto": lambda p: _is_mtan(p) or _is_adashare(p), "mtan": _is_mtan, "adashare": _is_adashare}
@@ -352,6 +355,7 @@ def nyuv2(root=None, split_seed: int = 0, format: str = "auto", val_fraction: fl
                              num_workers=num_workers)
         classes = 40
     shape = (3, *(splits["train"].dataset.resize or splits["train"].dataset.hw))
-    tasks = [SegmentationTask("seg", classes, ignore_index=-1), DepthTask("depth"), NormalTask("normal")]
+    tasks = [SegmentationTask("seg", classes, ignore_index=-1, conventions=conv), DepthTask("depth", conventions=conv),
+             NormalTask("normal", conventions=conv)]
     return MTLData("nyuv2", tasks, shape, splits,
                    info={"format": fmt, "root": str(base), "split": how, "augment": repr(aug)})

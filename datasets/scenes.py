@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from mtlbench.core.data import MTLData, TensorSplit, cached_arrays
-from mtlbench.tasks.dense import DepthTask, L1Task, NormalTask, SegmentationTask
+from mtlbench.tasks.dense import DenseConventions, DepthTask, L1Task, NormalTask, SegmentationTask
 from mtlbench.core.registry import DATASETS
 
 CLASSES = ("floor", "wall", "sphere", "box", "cylinder")
@@ -305,9 +305,12 @@ def _size(size):
 
 @DATASETS.register("scenes")
 def scenes(root=None, split_seed: int = 0, n_train: int = 2400, n_val: int = 300, n_test: int = 300,
-           size=(64, 64), max_objects: int = 5) -> MTLData:
+           size=(64, 64), max_objects: int = 5, upsample_align_corners: bool = True,
+           metric_aggregation: str = "pixel", miou_classes: str = "union") -> MTLData:
     """All five tasks (seg, depth, normal, edge, keypoint); the config's ``tasks`` picks
-    a subset (default seg, depth, normal, also in ``info['default_tasks']``)."""
+    a subset (default seg, depth, normal, also in ``info['default_tasks']``); the dense
+    conventions' keys as in ``mtlbench.tasks.dense``."""
+    conv = DenseConventions(upsample_align_corners, metric_aggregation, miou_classes)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     if min(sizes.values()) < 1 or int(max_objects) < 0:
         raise ValueError(f"scenes needs n_train, n_val, n_test >= 1 and max_objects >= 0 (got {sizes}, {max_objects})")
@@ -319,8 +322,9 @@ def scenes(root=None, split_seed: int = 0, n_train: int = 2400, n_val: int = 300
         splits[s] = TensorSplit(a("rgb").float().div_(255.0), {
             "seg": a("seg").long(), "depth": a("depth"), "normal": a("normal"),
             "edge": a("edge").float(), "keypoint": a("keypoint")})
-    tasks = [SegmentationTask("seg", num_classes=len(CLASSES), ignore_index=-1), DepthTask("depth"),
-             NormalTask("normal"), L1Task("edge", 1), L1Task("keypoint", 1)]
+    tasks = [SegmentationTask("seg", num_classes=len(CLASSES), ignore_index=-1, conventions=conv),
+             DepthTask("depth", conventions=conv), NormalTask("normal", conventions=conv),
+             L1Task("edge", 1, conventions=conv), L1Task("keypoint", 1, conventions=conv)]
     return MTLData("scenes", tasks, (3, *hw), splits,
                    info={"classes": list(CLASSES), "default_tasks": ["seg", "depth", "normal"],
                          "focal_px": float(arrays["focal"]), "source": "procedural ray casting (datasets/scenes.py)"})

@@ -64,7 +64,7 @@ import torch
 from mtlbench.core.data import DataError, DatasetSplit, MTLData
 from mtlbench.datasets.nyuv2 import (DenseDataset, augmenter, bad, image_array, load_npy, locate,
                                      make_splits, not_found, read_png)
-from mtlbench.tasks.dense import DepthTask, L1Task, NormalTask, SegmentationTask
+from mtlbench.tasks.dense import DenseConventions, DepthTask, L1Task, NormalTask, SegmentationTask
 from mtlbench.core.registry import DATASETS
 
 TASKS = ("seg", "depth", "normal", "keypoint", "edge")
@@ -251,7 +251,10 @@ def _index(base: Path, layout: str, buildings: Sequence[str], folders: Sequence[
 def taskonomy(root=None, split_seed: int = 0, tasks: Optional[Sequence[str]] = None,
               normalization: str = "adashare", edge_folder: Optional[str] = None, split_file=None,
               val_fraction: float = 0.15, test_fraction: float = 0.15, resize=None, augment: bool = True,
-              scales: Sequence[float] = (1.0, 1.2, 1.5), num_workers: int = 0) -> MTLData:
+              scales: Sequence[float] = (1.0, 1.2, 1.5), num_workers: int = 0,
+              upsample_align_corners: bool = True, metric_aggregation: str = "pixel",
+              miou_classes: str = "union") -> MTLData:
+    conv = DenseConventions(upsample_align_corners, metric_aggregation, miou_classes)
     tasks = list(tasks or TASKS)
     if any(t not in TASKS for t in tasks):
         raise DataError(f"taskonomy: unknown task(s) {[t for t in tasks if t not in TASKS]}; tasks: {list(TASKS)}")
@@ -292,10 +295,12 @@ def taskonomy(root=None, split_seed: int = 0, tasks: Optional[Sequence[str]] = N
     splits = make_splits(make("train", aug), plain, dl(make("test")), val_fraction, split_seed,
                          val=val, num_workers=num_workers)
     std = normalization == "standley"
-    by_name = {"seg": SegmentationTask("seg", NUM_CLASSES, ignore_index=-1),
-               "depth": L1Task("depth", 1, ignore_value=IGNORE) if std else DepthTask("depth"),
-               "normal": NormalTask("normal"), "keypoint": L1Task("keypoint", 1),
-               "edge": L1Task("edge", 1, ignore_value=IGNORE if std and edge_folder == "edge_occlusion" else None)}
+    by_name = {"seg": SegmentationTask("seg", NUM_CLASSES, ignore_index=-1, conventions=conv),
+               "depth": (L1Task("depth", 1, ignore_value=IGNORE, conventions=conv) if std
+                         else DepthTask("depth", conventions=conv)),
+               "normal": NormalTask("normal", conventions=conv), "keypoint": L1Task("keypoint", 1, conventions=conv),
+               "edge": L1Task("edge", 1, ignore_value=IGNORE if std and edge_folder == "edge_occlusion" else None,
+                              conventions=conv)}
     info = {"root": str(base), "layout": layout, "split": how, "normalization": normalization,
             "edge_folder": edge_folder, "buildings": {k: v for k, v in groups.items() if v},
             "incomplete_skipped": sum(v[2] for v in index.values()), "augment": repr(aug)}

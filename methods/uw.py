@@ -2,9 +2,10 @@
 Uncertainty to Weigh Losses for Scene Geometry and Semantics", CVPR 2018).
 
 One learnable log-variance s_k = log σ_k² per task (``nn.Parameter``, initialised to
-``init`` = 0, i.e. σ_k = 1, as in Nash-MTL's UW code; LibMTL starts at −0.5 and MTAN's
-current code at −0.7), optimised with the model (the trainer puts the balancer's
-parameters in a second optimiser param group). Two forms, chosen by ``form``:
+``init`` = 0, i.e. σ_k = 1, as in Nash-MTL's UW code; LibMTL (``LibMTL/weighting/UW.py``)
+and lorenmt/mtan (every ``im2im_pred/model_segnet_*.py``: ``logsigma`` = [−0.5, −0.5, −0.5])
+start at −0.5: ``balancer.init=-0.5`` reproduces them), optimised with the model (the
+trainer puts the balancer's parameters in a second optimiser param group). Two forms, chosen by ``form``:
 
 * ``regression`` (default): Σ_k ½·exp(−s_k)·L_k + ½·s_k.
   Kendall's Gaussian likelihood (their Sec. 3.2, two regression tasks):

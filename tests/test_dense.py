@@ -1,4 +1,5 @@
 """Dense tasks: hand-computed losses and metrics, accumulation, masks, upsampling, heads."""
+import functools
 import math
 
 import numpy as np
@@ -7,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from helpers import run_metrics
 
-from mtlbench.tasks.dense import (ANGLE_BIN_DEG, ASPPHead, DenseHead, DepthTask, L1Task, NormalTask,
-                            SegmentationTask, normal_angles)
+from mtlbench.tasks import dense
+from mtlbench.tasks.dense import (ANGLE_BIN_DEG, ASPPHead, DenseConventions, DenseHead, DepthTask, L1Task,
+                                  NormalTask, SegmentationTask, normal_angles)
 
 
 def logits(labels, num_classes):
@@ -170,9 +172,14 @@ def test_l1_task_ignore_value():
 
 
 # ----------------------------------------------------------------------------- upsampling
-def test_low_resolution_predictions_are_upsampled_bilinearly():
+@pytest.mark.parametrize("align_corners", [True, False])      # True: the default (LibMTL / MTAN)
+def test_low_resolution_predictions_are_upsampled_bilinearly(align_corners):
     torch.manual_seed(0)
-    up = lambda p, size: F.interpolate(p, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+    up = lambda p, size: F.interpolate(p, size=size, mode="bilinear", align_corners=align_corners)  # noqa: E731
+    conv = DenseConventions(upsample_align_corners=align_corners)
+    SegmentationTask, DepthTask, NormalTask, L1Task = (  # noqa: N806
+        functools.partial(cls, conventions=conv) for cls in (dense.SegmentationTask, dense.DepthTask,
+                                                             dense.NormalTask, dense.L1Task))
     seg = SegmentationTask("seg", num_classes=3)
     p, gt = torch.randn(2, 3, 2, 2), torch.randint(-1, 3, (2, 4, 4))
     assert seg.loss(p, gt).item() == pytest.approx(seg.loss(up(p, (4, 4)), gt).item())

@@ -14,6 +14,7 @@ BENCHES = {
     "adashare": ("mtlbench.bench.adashare", "AdaShare search step vs hard sharing / T paths"),
     "throughput": ("mtlbench.bench.throughput", "samples/s and peak memory per method, AMP / layout variants"),
     "affinity": ("mtlbench.bench.affinity", "TAG lookahead affinity (one run) vs trained pair networks"),
+    "eval": ("mtlbench.bench.eval", "dense metric updates vs a reference formulation; eval vs train throughput"),
 }
 
 

@@ -1,6 +1,6 @@
 """``python -m mtlbench bench archs``: step time of every architecture (with equal weights)
 and every balancer (with hard sharing) relative to hard sharing + equal, on the same batches
-of an embedded dataset."""
+of an embedded dataset; the repeats are interleaved over the configurations."""
 from __future__ import annotations
 
 import argparse
@@ -33,24 +33,25 @@ def dataset_batches(dataset: str, batch_size: int, steps: int):
 
 def archs(dataset: str = "multimnist", batch_size: int = 32, steps: int = 8, repeats: int = 3) -> List[dict]:
     """Step time of every architecture (with equal weights) and every balancer (with hard
-    sharing), relative to hard sharing + equal weights, on the same batches."""
+    sharing), relative to hard sharing + equal weights, on the same batches; each repeat
+    times every configuration once, in turn (medians over repeats)."""
     data, batches, bcfg = dataset_batches(dataset, batch_size, steps)
     pairs = [(a, "equal") for a in ARCHS.names()] + [("hard_sharing", b) for b in BALANCERS.names() if b != "equal"]
     trainer = Trainer(epochs=1, batch_size=batch_size, device="cpu", progress=False)
-    times = {}
+    sessions = {}
     for arch, bal in pairs:
         torch.manual_seed(0)
         model = ARCHS.get(arch)(lambda: build_backbone(bcfg, data.input_shape), data.tasks)
-        balancer = BALANCERS.get(bal)(data.task_names)
-        session = trainer.prepare(model, balancer, data.tasks)
-        trainer.train_pass(session, batches[:1])  # warm-up
-        runs = []
-        for _ in range(repeats):
+        sessions[(arch, bal)] = trainer.prepare(model, BALANCERS.get(bal)(data.task_names), data.tasks)
+        trainer.train_pass(sessions[(arch, bal)], batches[:1])  # warm-up
+    runs = {key: [] for key in pairs}
+    for _ in range(repeats):  # interleaved: load drift lands on every configuration alike
+        for key, session in sessions.items():
             t0 = time.perf_counter()
             trainer.train_pass(session, batches)
-            runs.append((time.perf_counter() - t0) / len(batches))
-        n_params = sum(p.numel() for p in model.parameters())
-        times[(arch, bal)] = (statistics.median(runs), n_params)
+            runs[key].append((time.perf_counter() - t0) / len(batches))
+    times = {key: (statistics.median(runs[key]), sum(p.numel() for p in sessions[key].model.parameters()))
+             for key in pairs}
     ref = times[("hard_sharing", "equal")][0]
     return [{"arch": a, "balancer": b, "ms": t * 1e3, "ratio": t / ref, "params": n}
             for (a, b), (t, n) in times.items()]

@@ -29,9 +29,10 @@ are left out of the aggregation and get weight 0, so they contribute nothing.
 
 Subclasses implement ``aggregate(G, losses) -> (d, w)`` on the active tasks' rows (float32
 on the device; G is never scaled by AMP); during the call ``self.active_index`` holds which
-tasks those rows are (indices into ``task_names``), for methods with per-task state. Logged per epoch: the mean per-task weights
-(``weights()``), and in ``balancer``: the mode(s) used, the mean pairwise cosine of the task
-gradients and the fraction of conflicting pairs (cosine < 0).
+tasks those rows are (indices into ``task_names``; a non-persistent buffer), for methods with
+per-task state. Logged per epoch: the mean per-task weights (``weights()``), and in
+``balancer``: the mode(s) used, the mean pairwise cosine of the task gradients and the
+fraction of conflicting pairs (cosine < 0).
 """
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ gloo on CPU). Semantics, chosen so that N processes give the single-process upda
   ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (``trainer.sync_batchnorm=true``)
   to normalise over the global batch.
 * Evaluation: each rank evaluates every N-th batch of the split; metric accumulators
-  are combined on every rank by their declared reductions (``Metric.add_state``: sums,
-  counts, confusion matrices and histograms summed, collected predictions concatenated),
-  so all ranks report the metrics of the whole split.
+  are combined on every rank by their declared reductions (``add_state`` on each task's
+  metric group and its ``parts()``: sums, counts, confusion matrices and histograms
+  summed, collected predictions concatenated), so all ranks report the metrics of the
+  whole split.
 * Balancers: per-task gradients of parameters (``BalancerContext.grads``) are averaged
   over ranks, so parameter-mode gradient methods see the global batch. A balancer that
   cannot (MGDA's Gram matrix of a representation is per shard) declares
@@ -94,24 +95,24 @@ def average_grads(params) -> None:
             p.grad /= dist.get_world_size()
 
 
-def reduce_metrics(metrics: Dict[str, list], loss_sum: Dict, count: Dict, device) -> None:
+def reduce_metrics(metrics: Dict[str, object], loss_sum: Dict, count: Dict, device) -> None:
     """Combine every rank's metric accumulators and loss sums in place (all ranks get the
-    totals), by each metric's declared states (``Metric.add_state``): tensors are
-    all-reduced with their ``sum`` / ``max`` / ``min``; ``cat`` lists are gathered and
-    concatenated in rank order."""
+    totals), by the declared states (``add_state``) of each task's metric group (or list
+    of metrics), walked through ``parts()``: tensors are all-reduced with their ``sum`` /
+    ``max`` / ``min``; ``cat`` lists are gathered and concatenated in rank order."""
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-    for ms in metrics.values():
-        for m in ms:
-            for name, (_, reduce) in m.states.items():
-                value = getattr(m, name)
+    for entry in metrics.values():
+        for part in (p for m in (entry if isinstance(entry, (list, tuple)) else [entry]) for p in m.parts()):
+            for name, (_, reduce) in part.states.items():
+                value = getattr(part, name)
                 if reduce == "cat":
                     gathered: List[Optional[list]] = [None] * dist.get_world_size()
                     dist.all_gather_object(gathered, [v.detach().cpu() for v in value])
-                    setattr(m, name, [v.to(device) for part in gathered for v in part])
+                    setattr(part, name, [v.to(device) for part_ in gathered for v in part_])
                 else:
                     value = value.to(device).clone()
                     dist.all_reduce(value, op=ops[reduce])
-                    setattr(m, name, value)
+                    setattr(part, name, value)
     totals = torch.tensor([[float(loss_sum[t]), float(count[t])] for t in loss_sum], dtype=torch.float64,
                           device=device)
     dist.all_reduce(totals)

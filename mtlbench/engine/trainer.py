@@ -16,7 +16,8 @@ Public building blocks (procedures compose their phases from them):
 * ``epoch_row(session, epoch, train_loss)``: the balancer's epoch end and the log row;
 * ``run_epochs(session, epochs, body, slot, on_epoch)``: the epoch loop (scheduler step,
   history, log row, checkpoint at every epoch end);
-* ``evaluate(model, split, tasks)``: metrics and losses of a split.
+* ``evaluate(model, split, tasks)``: metrics and losses of a split (one metric-group
+  update and one loss per task per batch).
 
 ``fit`` is these blocks composed: train pass + validation per epoch, selection, test.
 
@@ -289,9 +290,11 @@ class Trainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, model, split: TensorSplit, tasks: Sequence[Task]):
-        """Metrics and mean loss (over labelled samples) per task on ``split``."""
+        """Metrics and mean loss (over labelled samples) per task on ``split``: each task's
+        metric group (``Task.metric_group``) and loss updated once per batch
+        (``Task.eval_update``), on the device; read once at the end."""
         model.eval()
-        metrics = {t.name: [m.to(self.device) for m in t.metrics()] for t in tasks}
+        groups = {t.name: t.metric_group().to(self.device) for t in tasks}
         loss_sum = {t.name: 0.0 for t in tasks}
         count = {t.name: 0.0 for t in tasks}
         net = self.speed.compiled(model)
@@ -303,15 +306,13 @@ class Trainer:
                 preds = self.speed.fp32(net(self.speed.layout(batch.x)))
             for t in tasks:
                 mask = None if batch.masks is None else batch.masks[t.name]
-                y, p = batch.targets[t.name], preds[t.name]
                 n = len(batch) if mask is None else mask.sum()
-                loss_sum[t.name] = loss_sum[t.name] + t.loss(p, y, mask) * n
+                loss = t.eval_update(groups[t.name], preds[t.name], batch.targets[t.name], mask)
+                loss_sum[t.name] = loss_sum[t.name] + loss * n
                 count[t.name] = count[t.name] + n
-                for m in metrics[t.name]:
-                    m.update(p, y, mask)
         if self.dist.active:
-            reduce_metrics(metrics, loss_sum, count, self.device)
-        scores = {t: {m.name: m.compute() for m in ms} for t, ms in metrics.items()}
+            reduce_metrics(groups, loss_sum, count, self.device)
+        scores = {t: g.compute() for t, g in groups.items()}
         losses = {t: (float(loss_sum[t]) / float(count[t]) if float(count[t]) > 0 else float("nan"))
                   for t in loss_sum}
         return scores, losses

@@ -26,7 +26,7 @@ NON_IDENTITY_KEYS = ("results_dir", "reports_dir", "data_root", "force", "resume
 # Options at their neutral value (the behaviour before the option existed) are left out
 # too, so adding an option to the configs does not change the id of existing runs.
 NEUTRAL_DEFAULTS = {"trainer.amp": None, "trainer.channels_last": False, "trainer.compile": False,
-                    "balancer.mode": "auto"}
+                    "balancer.mode": "auto", "dataset.metric_aggregation": "pixel", "dataset.miou_classes": "union"}
 
 
 def config_hash(cfg: dict, n: int = 8) -> str:

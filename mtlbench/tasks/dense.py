@@ -1,49 +1,71 @@
-"""Dense-prediction tasks (segmentation, depth, surface normals, L1 maps), their heads and metrics.
+"""Dense-prediction tasks (segmentation, depth, surface normals, L1 maps), their heads and
+the conventions of their losses and metrics (computed in ``mtlbench.tasks.dense_metrics``).
 
-Shapes. ``pred`` is what a head outputs, ``[B, C, h, w]`` at the backbone's resolution;
-targets are at the label resolution ``[H, W]``. When ``(h, w) != (H, W)`` every loss and
-metric first upsamples ``pred`` bilinearly (``align_corners=False``) to ``(H, W)``; the
-metrics are always computed at the label resolution.
+Each convention below names the reference it follows; three are dataset config keys
+(``DenseConventions``; every dense dataset takes them): ``upsample_align_corners``,
+``metric_aggregation`` and ``miou_classes``.
+
+Shapes and upsampling. ``pred`` is what a head outputs, ``[B, C, h, w]`` at the backbone's
+resolution; targets are at the label resolution ``[H, W]``. When ``(h, w) != (H, W)`` every
+loss and metric first upsamples ``pred`` bilinearly to ``(H, W)`` (once per task per
+evaluation batch), by default with ``align_corners=True``: LibMTL's NYUv2 pipeline
+(``examples/nyu/main.py``, ``process_preds``) and MTAN's ResNet models
+(``im2im_pred/model_resnet_mtan/resnet_mtan.py``) upsample this way.
+``upsample_align_corners=false`` gives PyTorch's default (``align_corners=False``, what
+mtlbench did before). Metrics are always computed at the label resolution.
 
 Masks. ``mask`` is a per-SAMPLE bool ``[B]`` (or None). Pixels of unlabelled samples count
 for neither losses nor metrics. Every loss is a mean over the valid pixels of the batch
 (pixel-weighted, not a mean of per-image means); a batch with no valid pixel gives an
 exact 0 that is still attached to ``pred``'s graph (``backward`` works, gradients are 0).
 
-Metrics accumulate sums and counts on the device over a whole split (no host sync in
-``update``: no ``.item()``, no boolean indexing); ``compute()`` reads them once.
+Aggregation over a split (``metric_aggregation``). ``pixel`` (default): every metric pools
+all valid pixels of the split, as LibMTL does (its depth metric weights each batch's mean
+by the batch's valid-pixel count, its normal metric concatenates all angles). ``batch``:
+MTAN's ``multi_task_trainer`` (``im2im_pred/utils.py``): depth, normal and L1 metrics are
+computed per evaluation batch and averaged with equal weight per batch, so the median is a
+mean of per-batch medians; it depends on ``trainer.eval_batch_size`` (MTAN evaluates in
+batches of 2). A batch without a valid pixel is skipped (in MTAN it would make the value
+NaN). Segmentation is pooled in both modes (MTAN's current ``ConfMatrix`` is pooled too).
+Metrics accumulate on the device (no host sync in ``update``); ``compute()`` reads once.
 
-Definitions and the conventions they follow:
-
-* ``SegmentationTask``: loss = pixel-wise cross-entropy, mean over pixels whose label is
-  not ``ignore_index`` (``F.cross_entropy(..., ignore_index)``, as MTAN / LibMTL / AdaShare).
-  ``miou``: one confusion matrix accumulated over the whole split (pred = arg-max of the
-  upsampled logits; pixels labelled ``ignore_index`` or outside ``[0, num_classes)`` skipped),
-  IoU_c = TP_c / (TP_c + FP_c + FN_c), and mIoU = mean over the classes whose union is
-  non-zero over the split (classes absent from both prediction and ground truth are left
-  out, i.e. ``nanmean``, as LibMTL's ``ConfMatrix`` and AdaShare's accumulated confusion
-  matrix). This is NOT MTAN's original per-batch mIoU average. ``pixel_acc`` = correct /
-  valid pixels over the split. Both are fractions in [0, 1], higher is better.
-* ``DepthTask``: valid pixels are ``target > 0``. Loss = L1 over valid pixels (MTAN).
-  ``abs_err`` = mean |pred - gt| and ``rel_err`` = mean |pred - gt| / gt over all valid pixels
-  of the split (pixel-weighted, MTAN / LibMTL); lower is better. With ``deltas=True`` also
-  ``delta1..3`` = % of valid pixels with max(pred/gt, gt/pred) < 1.25**k (Eigen et al. 2014),
-  higher is better; pred is clamped to >= 1e-6 in the ratio so it never produces inf/nan.
+* ``SegmentationTask``: loss = pixel-wise cross-entropy over pixels whose label is not
+  ``ignore_index`` (MTAN / LibMTL / AdaShare). One confusion matrix over the split
+  (pred = arg-max of the upsampled logits; pixels labelled ``ignore_index`` or outside
+  ``[0, num_classes)`` skipped); IoU_c = TP_c / (TP_c + FP_c + FN_c); ``pixel_acc`` =
+  correct / valid pixels. ``miou_classes`` says which classes mIoU averages:
+  ``union`` (default): classes with a non-zero union over the split (a class absent from
+  both labels and predictions is left out; one predicted but never labelled counts with
+  IoU 0). ``all``: every class, as LibMTL (``examples/nyu/utils.py``, ``SegMetric``) and
+  MTAN (``im2im_pred/utils.py``, ``ConfMatrix``): NaN as soon as one class has a zero
+  union. ``true_positive``: classes with at least one true positive, as AdaShare
+  (``test.py``, ``eval_fix_policy``). Why ``union`` by default: on the full NYUv2 /
+  Cityscapes test sets every class occurs and ``union`` equals the references' ``all``;
+  on small splits (``dataset.limit``, CPU-sized runs, the embedded data) a class can be
+  absent, and the references' NaN would void the table and Δ_T, so mtlbench leaves out
+  only classes nobody predicted or labelled; AdaShare's rule also drops classes that are
+  labelled but never hit, which rewards missing a class entirely. Fractions in [0, 1].
+* ``DepthTask``: valid pixels are ``target > 0`` (the references test ``!= 0``; depth
+  labels are never negative). Loss = L1 over valid pixels (MTAN / LibMTL). ``abs_err`` =
+  mean |pred - gt|, ``rel_err`` = mean |pred - gt| / gt (lower is better). With
+  ``deltas=True`` also ``delta1..3`` = % of valid pixels with max(pred/gt, gt/pred) <
+  1.25**k (Eigen et al. 2014), higher is better; pred clamped to >= 1e-6 in the ratio.
   Off by default so NYUv2 tables match MTAN's (abs, rel).
-* ``NormalTask``: predictions are L2-normalised over the channel dim (``F.normalize``);
-  valid pixels have a target that is not all-zero. Loss = mean over valid pixels of
-  1 - cos(pred, target) (MTAN's normal loss; MTAN tests ``sum != 0``, here ``any != 0``).
-  Metrics in degrees over all valid pixels of the split (MTAN / LibMTL / Eigen & Fergus
-  2015): ``mean_angle``, ``median_angle`` (lower is better), ``within_11.25``,
-  ``within_22.5``, ``within_30`` = % of pixels with angle < t (higher is better). The angle is
-  atan2(|p x t|, p . t) of the normalised vectors (the same angle as MTAN's
-  acos(clamp(p . t)), but accurate near 0 and 180 degrees); a zero prediction counts as 90.
-  The median is taken from a histogram of 0.01-degree bins over [0, 180] accumulated on
-  the device: it reports bin centres, so it is within 0.005 degrees of the exact median
-  (never more than one bin width, 0.01 degrees, off).
+* ``NormalTask``: valid pixels follow the references' rule (LibMTL / MTAN:
+  ``torch.sum(gt, dim=1) != 0``): a label normal whose components sum to zero is invalid
+  (all-zero labels, but also e.g. (1, -1, 0)/sqrt(2)); non-finite labels too. Loss = mean
+  over valid pixels of 1 - (p / |p|) . t (MTAN / LibMTL's normal loss; labels are unit
+  normals). Metrics in degrees over valid pixels: ``mean_angle``, ``median_angle`` (lower
+  is better), ``within_11.25``, ``within_22.5``, ``within_30`` = % of pixels with angle
+  < t (the references report fractions; higher is better). The angle is
+  atan2(|p x t|, p . t) of the unnormalised vectors: the references' acos(clamp(p . t))
+  for unit vectors, accurate near 0 and 180 degrees; a zero-length prediction counts as
+  90. ``pixel`` median: from a histogram of 0.01-degree bins over [0, 180] on the device,
+  reported at the bin centre, so within 0.005 degrees of the exact median (LibMTL's
+  ``np.median`` of all angles); ``batch`` median: exact per batch, then averaged.
 * ``L1Task`` (Taskonomy edges / keypoints, as AdaShare): loss = mean absolute error over the
   elements whose target is not ``ignore_value`` (all elements when None; NaN allowed);
-  metric ``l1`` = the same, pixel-weighted over the split, lower is better.
+  metric ``l1`` = the same, lower is better.
 
 Heads (``make_head(in_channels, **options)``; unknown option keys are ignored):
 ``head="conv"`` (default): 3x3 conv -> BN -> ReLU -> 1x1 conv to the task's channels
@@ -57,163 +79,42 @@ branch 3x3 conv (dilation r, padding r) -> ReLU -> Dropout -> 1x1 conv -> ReLU -
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.core.tasks import Metric, Task
-
-DELTA_BASE = 1.25
-ANGLE_BIN_DEG = 0.01
-_EPS = 1e-6
-
-
-# ----------------------------------------------------------------------------- helpers
-def resize_to(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``pred`` upsampled bilinearly (align_corners=False) to ``target``'s spatial size."""
-    size = tuple(target.shape[-2:])
-    if tuple(pred.shape[-2:]) != size:
-        pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
-    return pred
+from mtlbench.core.tasks import GroupMetric, Metric, MetricGroup, Task
+from mtlbench.tasks.dense_metrics import (AGGREGATIONS, ANGLE_BIN_DEG, DELTA_BASE, MIOU_CLASSES,  # noqa: F401
+                                          DepthMetrics, L1Metrics, NormalMetrics, SegMetrics, as_map,
+                                          depth_terms, l1_terms, masked_mean, normal_angles, normal_cos_loss,
+                                          normal_terms, resize_to, with_mask)
 
 
-def _with_mask(valid: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """``valid`` [B, ...] restricted to the labelled samples of ``mask`` [B]."""
-    if mask is None:
-        return valid
-    m = mask.to(device=valid.device, dtype=torch.bool)
-    return valid & m.view(-1, *([1] * (valid.dim() - 1)))
+@dataclass(frozen=True)
+class DenseConventions:
+    """The dataset keys ``upsample_align_corners``, ``metric_aggregation``, ``miou_classes``
+    (see the module docstring); checked here, one line naming the key on bad values."""
+
+    upsample_align_corners: bool = True
+    metric_aggregation: str = "pixel"
+    miou_classes: str = "union"
+
+    def __post_init__(self):
+        if not isinstance(self.upsample_align_corners, bool):
+            raise ValueError(f"dataset.upsample_align_corners must be true or false "
+                             f"(got {self.upsample_align_corners!r})")
+        if self.metric_aggregation not in AGGREGATIONS:
+            raise ValueError(f"dataset.metric_aggregation must be one of {', '.join(AGGREGATIONS)} "
+                             f"(got {self.metric_aggregation!r})")
+        if self.miou_classes not in MIOU_CLASSES:
+            raise ValueError(f"dataset.miou_classes must be one of {', '.join(MIOU_CLASSES)} "
+                             f"(got {self.miou_classes!r})")
 
 
-def _as_map(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """A [B, H, W] target of a one-channel prediction as [B, 1, H, W]."""
-    return target.unsqueeze(1) if target.dim() == 3 and pred.shape[1] == 1 else target
-
-
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _masked_loss(per_pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of ``per_pixel`` over ``valid``; exact 0 (on the graph) when nothing is valid."""
-    total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
-    return total / valid.sum().clamp_min(1).to(per_pixel.dtype)
-
-
-# ----------------------------------------------------------------------------- metrics
-class PixelMean(Metric):
-    """Mean of a per-pixel quantity over all valid pixels of a split (pixel-weighted).
-
-    ``valid_fn(pred, target) -> bool map`` and ``value_fn(pred, target) -> map`` of the same
-    shape, both on the resized, detached prediction; ``scale`` multiplies the result
-    (100 for percentages)."""
-
-    def __init__(self, name: str, higher_is_better: bool, value_fn: Callable, valid_fn: Callable,
-                 scale: float = 1.0):
-        self.name, self.higher_is_better = name, higher_is_better
-        self.value_fn, self.valid_fn, self.scale = value_fn, valid_fn, scale
-        self.add_state("total", torch.zeros((), dtype=torch.float64))
-        self.add_state("count", torch.zeros((), dtype=torch.long))
-
-    def update(self, pred, target, mask) -> None:
-        target = _as_map(target, pred)
-        pred = resize_to(pred.detach(), target)
-        valid = _with_mask(self.valid_fn(pred, target), mask)
-        values = self.value_fn(pred, target)
-        s = torch.where(valid, values, torch.zeros_like(values)).sum(dtype=_sum_dtype(values.device))
-        self.total = self.total.to(s.dtype) + s
-        self.count = self.count + valid.sum()
-
-    def compute(self) -> float:
-        if int(self.count) == 0:
-            return float("nan")
-        return float(self.total) / float(self.count) * self.scale
-
-
-class ConfusionMetric(Metric):
-    """``miou`` or ``pixel_acc`` from a confusion matrix accumulated over the split (rows =
-    ground truth). mIoU leaves out classes with zero union over the split (LibMTL / AdaShare)."""
-
-    higher_is_better = True
-
-    def __init__(self, name: str, num_classes: int, ignore_index: int = -1):
-        if name not in ("miou", "pixel_acc"):
-            raise ValueError(f"unknown segmentation metric '{name}'")
-        self.name, self.num_classes, self.ignore_index = name, num_classes, ignore_index
-        self.add_state("confusion", torch.zeros(num_classes, num_classes, dtype=torch.long))  # rows = truth
-
-    def update(self, pred, target, mask) -> None:
-        c = self.num_classes
-        pr = resize_to(pred.detach(), target).argmax(dim=1).reshape(-1)
-        valid = (target != self.ignore_index) & (target >= 0) & (target < c)
-        valid, gt = _with_mask(valid, mask).reshape(-1), target.reshape(-1).long()
-        # invalid pixels go to an overflow bin (index c*c) that is dropped: no host sync
-        idx = torch.where(valid, gt * c + pr, torch.full_like(gt, c * c))
-        hist = torch.zeros(c * c + 1, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-        self.confusion = self.confusion + hist[: c * c].view(c, c)
-
-    def per_class_iou(self) -> torch.Tensor:
-        """IoU per class (NaN where the union is 0 over the split)."""
-        h = self.confusion.double().cpu()
-        tp = h.diag()
-        union = h.sum(0) + h.sum(1) - tp
-        return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
-
-    def compute(self) -> float:
-        if int(self.confusion.sum()) == 0:
-            return float("nan")
-        if self.name == "pixel_acc":
-            h = self.confusion.double().cpu()
-            return float(h.diag().sum() / h.sum())
-        return float(torch.nanmean(self.per_class_iou()))
-
-
-def normal_angles(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Angle in degrees [B, H, W] between ``pred`` and ``target`` [B, 3, H, W] (both normalised
-    first); atan2(|p x t|, p . t); 90 where the prediction is all-zero."""
-    p = F.normalize(pred, dim=1)
-    t = F.normalize(target, dim=1)
-    dot = (p * t).sum(1)
-    cross = torch.linalg.cross(p, t, dim=1).norm(dim=1)
-    ang = torch.rad2deg(torch.atan2(cross, dot))
-    return torch.where(pred.abs().sum(1) > 0, ang, torch.full_like(ang, 90.0))
-
-
-def _normal_valid(pred, target):
-    """Pixels whose target normal is not all-zero (and finite)."""
-    return (target != 0).any(dim=1) & torch.isfinite(target).all(dim=1)
-
-
-class MedianAngle(Metric):
-    """Median angle (degrees) over all valid pixels of a split, from a device histogram of
-    ``bin_deg``-wide bins over [0, 180]; the result is within bin_deg / 2 of the exact median."""
-
-    name, higher_is_better = "median_angle", False
-
-    def __init__(self, bin_deg: float = ANGLE_BIN_DEG):
-        self.bin_deg = bin_deg
-        self.bins = int(math.ceil(180.0 / bin_deg))
-        self.add_state("hist", torch.zeros(self.bins + 1, dtype=torch.long))  # last bin: invalid pixels
-
-    def update(self, pred, target, mask) -> None:
-        pred = resize_to(pred.detach(), target)
-        valid = _with_mask(_normal_valid(pred, target), mask).reshape(-1)
-        ang = normal_angles(pred, target).reshape(-1)
-        idx = torch.floor(ang / self.bin_deg).long().clamp_(0, self.bins - 1)
-        idx = torch.where(valid, idx, torch.full_like(idx, self.bins))  # overflow bin: dropped
-        self.hist = self.hist.index_add(0, idx, torch.ones_like(idx))
-
-    def compute(self) -> float:
-        cum = self.hist[: self.bins].cpu().cumsum(0)
-        n = int(cum[-1])
-        if n == 0:
-            return float("nan")
-        # 0-based order statistics averaged by numpy's median: (n-1)//2 and n//2
-        ks = torch.tensor([(n - 1) // 2, n // 2])
-        b = torch.searchsorted(cum, ks, right=True).double()
-        return float(((b + 0.5) * self.bin_deg).mean())
+DEFAULT_CONVENTIONS = DenseConventions()
 
 
 # ----------------------------------------------------------------------------- heads
@@ -264,97 +165,102 @@ def make_dense_head(in_channels: int, out_channels: int, head: Optional[str] = "
 
 # ----------------------------------------------------------------------------- tasks
 class DenseTask(Task):
-    """Base of the dense tasks: ``out_channels`` output maps from a conv or ASPP head."""
+    """Base of the dense tasks: ``out_channels`` output maps from a conv or ASPP head; its
+    metrics are one ``metric_group()`` per evaluation (``metrics()``: views of it)."""
 
     kind = "dense"
     out_channels = 1
 
+    def __init__(self, name: str, conventions: Optional[DenseConventions] = None):
+        super().__init__(name)
+        self.conventions = conventions or DEFAULT_CONVENTIONS
+
+    @property
+    def align_corners(self) -> bool:
+        return self.conventions.upsample_align_corners
+
     def make_head(self, in_channels, **options):
         return make_dense_head(in_channels, self.out_channels, **options)
+
+    def metrics(self) -> List[Metric]:
+        return [GroupMetric(self.metric_group(), n) for n in self.metric_group().names]
+
+    def _resized(self, pred, target):
+        target = as_map(target, pred)
+        return resize_to(pred, target, self.align_corners), target
+
+    def eval_update(self, group: MetricGroup, pred, target, mask=None) -> torch.Tensor:
+        """One upsampling shared by the loss and the metrics."""
+        pred, target = self._resized(pred, target)
+        group.add(pred, target, mask)
+        return self.loss(pred, target, mask)
 
 
 class SegmentationTask(DenseTask):
     kind = "segmentation"
 
-    def __init__(self, name: str = "seg", num_classes: Optional[int] = None, ignore_index: int = -1):
-        super().__init__(name)
+    def __init__(self, name: str = "seg", num_classes: Optional[int] = None, ignore_index: int = -1,
+                 conventions: Optional[DenseConventions] = None):
+        super().__init__(name, conventions)
         if num_classes is None or int(num_classes) < 2:
             raise ValueError(f"SegmentationTask '{name}' needs num_classes >= 2 (got {num_classes!r})")
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.out_channels = self.num_classes
 
     def loss(self, pred, target, mask=None):
-        pred = resize_to(pred, target)
-        valid = _with_mask(target != self.ignore_index, mask)
+        pred, target = self._resized(pred, target)
+        valid = with_mask(target != self.ignore_index, mask)
         tgt = target.masked_fill(~valid, self.ignore_index)
         ce = F.cross_entropy(pred, tgt, ignore_index=self.ignore_index, reduction="none")
-        return _masked_loss(ce, valid)
+        return masked_mean(torch.where(valid, ce, 0.0), valid)
 
-    def metrics(self) -> List[Metric]:
-        return [ConfusionMetric(m, self.num_classes, self.ignore_index) for m in ("miou", "pixel_acc")]
-
-
-def _depth_valid(pred, target):
-    return target > 0
-
-
-def _rel_err(pred, target):
-    gt = torch.where(target > 0, target, torch.ones_like(target))
-    return (pred - gt).abs() / gt
-
-
-def _delta(k: int):
-    def fn(pred, target):
-        gt = torch.where(target > 0, target, torch.ones_like(target))
-        p = pred.clamp_min(_EPS)
-        ratio = torch.maximum(p / gt, gt / p)
-        return (ratio < DELTA_BASE ** k).to(pred.dtype)
-    return fn
+    def metric_group(self) -> SegMetrics:
+        return SegMetrics(self.num_classes, self.ignore_index, self.align_corners, self.conventions.miou_classes)
 
 
 class DepthTask(DenseTask):
     kind = "depth"
     out_channels = 1
 
-    def __init__(self, name: str = "depth", deltas: bool = False):
-        super().__init__(name)
+    def __init__(self, name: str = "depth", deltas: bool = False, conventions: Optional[DenseConventions] = None):
+        super().__init__(name, conventions)
         self.deltas = bool(deltas)
 
     def loss(self, pred, target, mask=None):
-        target = _as_map(target, pred)
-        pred = resize_to(pred, target)
-        valid = _with_mask(target > 0, mask)
-        gt = torch.where(valid, target, torch.zeros_like(target))
-        return _masked_loss((pred - gt).abs(), valid)
+        pred, target = self._resized(pred, target)
+        am, _, valid = depth_terms(pred, target, mask)
+        return masked_mean(am, valid)
 
-    def metrics(self) -> List[Metric]:
-        ms: List[Metric] = [
-            PixelMean("abs_err", False, lambda p, t: (p - t).abs(), _depth_valid),
-            PixelMean("rel_err", False, _rel_err, _depth_valid)]
-        if self.deltas:
-            ms += [PixelMean(f"delta{k}", True, _delta(k), _depth_valid, scale=100.0) for k in (1, 2, 3)]
-        return ms
+    def eval_update(self, group, pred, target, mask=None):
+        pred, target = self._resized(pred, target)
+        terms = depth_terms(pred, target, mask)
+        group.add(pred, target, mask, terms)
+        return masked_mean(terms[0], terms[2])
+
+    def metric_group(self) -> DepthMetrics:
+        return DepthMetrics(self.deltas, self.align_corners, self.conventions.metric_aggregation)
 
 
 class NormalTask(DenseTask):
     kind = "normal"
     out_channels = 3
 
-    def __init__(self, name: str = "normal"):
-        super().__init__(name)
+    def __init__(self, name: str = "normal", conventions: Optional[DenseConventions] = None):
+        super().__init__(name, conventions)
 
     def loss(self, pred, target, mask=None):
-        pred = F.normalize(resize_to(pred, target), dim=1)
-        valid = _with_mask(_normal_valid(pred, target), mask)
-        gt = torch.where(valid.unsqueeze(1), target, torch.zeros_like(target))
-        return _masked_loss(1.0 - (pred * gt).sum(1), valid)
+        pred, target = self._resized(pred, target)
+        dot, sq, _, valid = normal_terms(pred, target, mask)
+        return normal_cos_loss(dot, sq, valid)
 
-    def metrics(self) -> List[Metric]:
-        ms: List[Metric] = [PixelMean("mean_angle", False, normal_angles, _normal_valid), MedianAngle()]
-        for t in (11.25, 22.5, 30):
-            ms.append(PixelMean(f"within_{t:g}", True, lambda p, g, t=t: (normal_angles(p, g) < t).to(p.dtype),
-                                _normal_valid, scale=100.0))
-        return ms
+    def eval_update(self, group, pred, target, mask=None):
+        pred, target = self._resized(pred, target)
+        terms = normal_terms(pred, target, mask)
+        group.add(pred, target, mask, terms)
+        return normal_cos_loss(terms[0], terms[1], terms[3])
+
+    def metric_group(self) -> NormalMetrics:
+        return NormalMetrics(self.align_corners, self.conventions.metric_aggregation)
 
 
 class L1Task(DenseTask):
@@ -362,25 +268,28 @@ class L1Task(DenseTask):
 
     kind = "l1"
 
-    def __init__(self, name: str, channels: int = 1, ignore_value: Optional[float] = None):
-        super().__init__(name)
+    def __init__(self, name: str, channels: int = 1, ignore_value: Optional[float] = None,
+                 conventions: Optional[DenseConventions] = None):
+        super().__init__(name, conventions)
         self.out_channels = int(channels)
         self.ignore_value = ignore_value
 
-    def _valid(self, pred, target):
+    def _valid(self, target):
         v = self.ignore_value
-        if v is None:
-            return ~torch.isnan(target)
-        if isinstance(v, float) and math.isnan(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
             return ~torch.isnan(target)
         return (target != v) & ~torch.isnan(target)
 
     def loss(self, pred, target, mask=None):
-        target = _as_map(target, pred)
-        pred = resize_to(pred, target)
-        valid = _with_mask(self._valid(pred, target), mask)
-        gt = torch.where(valid, target, torch.zeros_like(target))
-        return _masked_loss((pred - gt).abs(), valid)
+        pred, target = self._resized(pred, target)
+        am, valid = l1_terms(pred, target, mask, self._valid)
+        return masked_mean(am, valid)
 
-    def metrics(self) -> List[Metric]:
-        return [PixelMean("l1", False, lambda p, t: (p - t).abs(), self._valid)]
+    def eval_update(self, group, pred, target, mask=None):
+        pred, target = self._resized(pred, target)
+        terms = l1_terms(pred, target, mask, self._valid)
+        group.add(pred, target, mask, terms)
+        return masked_mean(*terms)
+
+    def metric_group(self) -> L1Metrics:
+        return L1Metrics(self._valid, self.align_corners, self.conventions.metric_aggregation)
