@@ -222,7 +222,10 @@ def main(args: List[str]) -> int:
     names = BALANCERS.names() if ns.balancers == "all" else [b for b in ns.balancers.split(",") if b]
     unknown = [b for b in names if b not in BALANCERS.names()]
     if unknown:
-        raise ValueError(f"bench balancers: unknown balancer(s) {unknown}; registered: {', '.join(BALANCERS.names())}")
+        from mtlbench.cli.commands import fail
+
+        return fail(f"bench balancers: unknown balancer(s) {unknown} in --balancers; registered: "
+                    f"{', '.join(BALANCERS.names())}")
     if "equal" not in names:
         names = ["equal"] + names
     torch.set_num_threads(ns.threads)
