@@ -17,6 +17,7 @@ from typing import List
 # name -> (module with ``main(args) -> int``, what it measures)
 BENCHES = {
     "overhead": ("mtlbench.bench.overhead", "trainer vs a bare PyTorch loop (ratio, fixed cost per step)"),
+    "balancers": ("mtlbench.bench.balancers", "step time and memory of every balancer vs equal / T backward passes"),
     "archs": ("mtlbench.bench.archs", "step time of each architecture and balancer vs hard sharing + equal"),
     "grouping": ("mtlbench.bench.grouping", "task-grouping selection: time and optimality gap vs n tasks"),
     "tabular": ("mtlbench.bench.tabular", "wall time per epoch vs number of tasks on tabular data"),
