@@ -90,16 +90,41 @@ class BalancerContext:
         the global batch's gradients, for parameters. A representation's gradient is per
         sample and cannot be averaged: a balancer using it declares ``distributed = False``."""
         wrt = list(wrt)
-        rows = []
-        for loss in losses:
-            if loss.requires_grad and wrt:
-                gs = torch.autograd.grad(loss, wrt, retain_graph=True, allow_unused=True)
-            else:
-                gs = [None] * len(wrt)
-            rows.append(torch.cat([(torch.zeros_like(w) if g is None else g).reshape(-1).float()
-                                   for w, g in zip(wrt, gs)]) if wrt else torch.zeros(0))
-        out = torch.stack(rows)
+        out, _ = self.task_grads(losses, wrt, [[] for _ in losses])
         return self.reduce_mean(out) if self.world_size > 1 else out
+
+    def task_grads(self, losses: Sequence[torch.Tensor], wrt: Sequence[torch.Tensor],
+                   own: Sequence[Sequence[torch.Tensor]]) -> Tuple[torch.Tensor, List[list]]:
+        """One gradient pass per loss w.r.t. ``wrt`` and that loss's ``own`` tensors at once:
+        ([K, D] float32 rows over ``wrt`` as ``grads`` lays them out, written in place into
+        one preallocated matrix; per loss the list of its ``own`` gradients, None where
+        unreached). Not averaged over ranks (``grads`` is)."""
+        wrt = list(wrt)
+        sizes = [w.numel() for w in wrt]
+        device = wrt[0].device if wrt else (losses[0].device if len(losses) else torch.device("cpu"))
+        out = torch.zeros(len(losses), sum(sizes), device=device)
+        extra: List[list] = []
+        for k, loss in enumerate(losses):
+            mine = list(own[k])
+            if not (loss.requires_grad and (wrt or mine)):
+                extra.append([None] * len(mine))
+                continue
+            gs = torch.autograd.grad(loss, wrt + mine, retain_graph=True, allow_unused=True)
+            offset = 0
+            for n, g in zip(sizes, gs[:len(wrt)]):
+                if g is not None:
+                    out[k, offset:offset + n].copy_(g.reshape(-1))
+                offset += n
+            extra.append(list(gs[len(wrt):]))
+        return out, extra
+
+    def set_grads(self, params: Sequence[nn.Parameter], grads: Sequence[Optional[torch.Tensor]],
+                  weight=1.0) -> None:
+        """``p.grad = weight * g`` (zeros where g is None), times the AMP loss scale;
+        ``weight`` a number or a 0-d tensor (no host read)."""
+        scale = self.scale()
+        for p, g in zip(params, grads):
+            p.grad = torch.zeros_like(p) if g is None else (g * (weight * scale)).to(p.dtype)
 
     def write_grads(self, params: Sequence[nn.Parameter], flat: torch.Tensor, accumulate: bool = False) -> None:
         """Set (or add to) ``p.grad`` from one flat vector over ``params`` (as ``grads``
@@ -107,12 +132,12 @@ class BalancerContext:
         scale, offset = self.scale(), 0
         for p in params:
             n = p.numel()
-            g = (flat[offset:offset + n] * scale).view_as(p).to(p.dtype)
+            part = flat[offset:offset + n].view_as(p)
             offset += n
             if accumulate and p.grad is not None:
-                p.grad.add_(g)
-            else:
-                p.grad = g.clone()
+                p.grad.add_(part.to(p.dtype), alpha=scale)
+            else:  # one fresh tensor: the grad never aliases ``flat`` (a balancer's state may)
+                p.grad = part.to(p.dtype, copy=True) if scale == 1 else (part * scale).to(p.dtype)
         if offset != flat.numel():
             raise ValueError(f"write_grads: {flat.numel()} values for parameters of {offset} elements")
 

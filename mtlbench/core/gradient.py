@@ -79,22 +79,26 @@ class GradientBalancer(Balancer):
         shared = [rep] if rep is not None and rep.requires_grad else list(ctx.shared)
         mode = "representation" if shared and shared[0] is rep else "parameters"
         self._mode_counts[mode] = self._mode_counts.get(mode, 0) + 1
-        heads = [p for t in self.task_names for p in ctx.task_specific.get(t, [])]
-        G = ctx.grads(L, shared + heads)
-        n_shared = sum(x.numel() for x in shared)
-        Gs, Gh = G[:, :n_shared], G[:, n_shared:]
-        active = ((Gs.norm(dim=1) > 0) | (n_shared == 0)) & (stacked.detach() != 0)
+        own = [list(ctx.task_specific.get(t, [])) for t in self.task_names]
+        G, head_grads = ctx.task_grads(L, shared, own)  # one pass per task: shared part + its own
+        if ctx.world_size > 1:  # the global batch's gradients (a method that declares distributed)
+            G = ctx.reduce_mean(G)
+            head_grads = [[None if g is None else ctx.reduce_mean(g) for g in gs] for gs in head_grads]
+        n_shared = G.shape[1]
+        active = ((G.norm(dim=1) > 0) | (n_shared == 0)) & (stacked.detach() != 0)
         idx = torch.nonzero(active).flatten()  # one small sync: which tasks take part
         w_full = active.float()
         d = torch.zeros(n_shared, device=G.device)
         if len(idx) and n_shared:
             self.active_index = idx
-            d, w = self.aggregate(Gs[idx], stacked.detach().float()[idx])
+            Ga = G if len(idx) == len(L) else G[idx]
+            d, w = self.aggregate(Ga, stacked.detach().float()[idx])
             if w is not None:
                 w_full = torch.zeros_like(w_full).index_copy(0, idx, w.float())
-            self._record(Gs[idx], w_full)
-        if heads:
-            ctx.write_grads(heads, w_full @ Gh)
+            self._record(Ga, w_full)
+        for k, params in enumerate(own):
+            if params:
+                ctx.set_grads(params, head_grads[k], w_full[k])
         if mode == "representation":
             ctx.backward_from(rep, d.view_as(rep))
         elif shared:
@@ -105,8 +109,9 @@ class GradientBalancer(Balancer):
         self.weight_sum += w.float()
         self.steps += 1
         if len(G) > 1:
-            unit = G / G.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            cos = unit @ unit.T
+            gram = G @ G.T  # cosines from the Gram matrix: no normalised copy of G
+            norm = gram.diagonal().clamp_min(0).sqrt().clamp_min(1e-30)
+            cos = gram / (norm[:, None] * norm[None, :])
             i, j = torch.triu_indices(len(G), len(G), 1, device=G.device)
             c = cos[i, j]
             self.stats += torch.stack([c.sum(), (c < 0).sum().float(), torch.tensor(float(len(c)), device=c.device)])
