@@ -125,3 +125,13 @@ def test_latex_compiles_at_normal_size_if_pdflatex(store, tmp_path):
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_footnote_defines_delta_against_the_chosen_baseline(store, tmp_path):
+    reports = tmp_path / "reports"
+    assert report(store, reports, "dataset=toy", "plots=false", "baseline=hard_sharing") == 0
+    summary = (reports / "toy" / "summary.md").read_text()
+    assert "(M_method − M_hard_sharing)/M_hard_sharing" in summary and "M_stl" not in summary
+    assert "positive = better than hard_sharing" in summary
+    assert report(store, reports, "dataset=toy", "plots=false") == 0
+    assert "(M_method − M_stl)/M_stl" in (reports / "toy" / "summary.md").read_text()

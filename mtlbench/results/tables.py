@@ -46,6 +46,11 @@ NAMES = {
     "mtan": "MTAN", "dwa": "DWA", "uw": "UW", "uncertainty": "Uncertainty (UW)", "mgda": "MGDA-UB",
     "equal": "Equal", "static": "Static", "adashare": "AdaShare", "standley": "Standley et al.",
     "tag_grouping": "TAG", "seg": "Segmentation", "depth": "Depth", "normal": "Normal", "keypoint": "Keypoint",
+    "gls": "GLS", "rlw": "RLW", "db_mtl": "DB-MTL", "famo": "FAMO", "stch": "STCH", "gradnorm": "GradNorm",
+    "pcgrad": "PCGrad", "gradvac": "GradVac", "graddrop": "GradDrop", "cagrad": "CAGrad", "imtl": "IMTL",
+    "nash_mtl": "Nash-MTL", "aligned_mtl": "Aligned-MTL", "moco": "MoCo", "sdmgrad": "SDMGrad", "modo": "MoDo",
+    "fairgrad": "FairGrad", "excess_mtl": "ExcessMTL", "upgrad": "UPGrad", "mmoe": "MMoE", "cgc": "CGC",
+    "ple": "PLE", "dselect_k": "DSelect-k", "ltb": "LTB",
     "edge": "Edge", "left": "Left", "right": "Right", "income": "Income", "never_married": "Never married",
     "miou": "mIoU", "pixel_acc": "Pix. Acc.", "abs_err": "Abs. Err.", "rel_err": "Rel. Err.",
     "mean_angle": "Mean", "median_angle": "Median", "within_11.25": "11.25°", "within_22.5": "22.5°",
@@ -195,6 +200,9 @@ def build(a, style: Optional[Style] = None) -> Table:
     keep = [j for j, c in enumerate(cols) if c.key == "metric" or c.key in style.columns]
     cols, grid = [cols[j] for j in keep], [grid[j] for j in keep]
     cells = [[grid[j][i] for j in range(len(cols))] for i in range(len(a.methods))]
+    if o.baseline != "stl":  # the definition names the reference the numbers use
+        definition = (definition.replace("M_stl", f"M_{o.baseline}")
+                      .replace("single-task learning", o.baseline))
     long = footnotes(a, symbol, definition)
     short = short_footnotes(a, symbol, style) if style.footnote == "short" else long
     return Table(f"{rs.dataset}: {o.split} metrics, mean ± std over seeds", list(a.methods), cols, cells,
