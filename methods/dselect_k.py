@@ -40,14 +40,13 @@ Experts, trunk, gate inputs: ``methods/_moe.py``. Parameters as MMoE: ``shared_p
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import torch
 from torch import nn
 
 from mtlbench.core.model import MTLModel
 from mtlbench.core.registry import ARCHS
-from mtlbench.methods._moe import ExpertFactory, GateStats, gate_features, mix, params, positive
+from mtlbench.methods._moe import ExpertFactory, gate_features, positive
+from mtlbench.methods.mmoe import MMoE
 
 EPSILON = 1e-6
 ROUTINGS = ("example", "task")
@@ -130,11 +129,13 @@ class DSelectKGate(nn.Module):
 
 
 @ARCHS.register("dselect_k")
-class DSelectK(MTLModel):
+class DSelectK(MMoE):
+    """MMoE's trunk, experts, heads and forward with DSelect-k gates."""
+
     def __init__(self, backbone_fn, tasks, num_experts: int = 4, k: int = 2, gamma: float = 1.0,
                  entropy_weight: float = 1e-6, routing: str = "example", expert_blocks=1, expert_hidden=None,
                  gate_pool: int = 1):
-        super().__init__(tasks)
+        MTLModel.__init__(self, tasks)
         n = positive(num_experts, "num_experts", "dselect_k", minimum=2)
         k = positive(k, "k", "dselect_k")
         if not float(gamma) > 0:
@@ -142,37 +143,5 @@ class DSelectK(MTLModel):
         if routing not in ROUTINGS:
             raise ValueError(f"arch.routing must be one of {', '.join(ROUTINGS)} (dselect_k), got {routing!r}")
         f = ExpertFactory(backbone_fn, "dselect_k", expert_blocks, expert_hidden, 1, gate_pool)
-        self.trunk = f.trunk
-        self.experts = nn.ModuleList(f.make() for _ in range(n))
-        self.gates = nn.ModuleDict({t: DSelectKGate(f.gate_in[0], n, k, gamma, entropy_weight, routing,
-                                                    f.gate_pool) for t in self.task_names})
-        self.heads = f.heads(tasks)
-        self.gate_stats = GateStats({t: [f"e{i}" for i in range(n)] for t in self.task_names})
-
-    def forward_tasks(self, x, tasks: Sequence[str]):
-        h, state = self.trunk(x)
-        outs = torch.stack([e(h, state) for e in self.experts])
-        preds = {}
-        for t in tasks:
-            q = self.gates[t](h)
-            if self.training:
-                self.gate_stats.add(t, q)
-            preds[t] = self.heads[t](mix(outs, q))
-        return preds
-
-    def epoch_stats(self):
-        return self.gate_stats.pop()
-
-    def shared_parameters(self):
-        return params(self.trunk, self.experts)
-
-    def task_parameters(self, task):
-        return self.shared_parameters() + params(self.gates[task], self.heads[task])
-
-    def last_shared_parameters(self):
-        return params(self.experts)
-
-    def parameter_groups(self):
-        groups = {"trunk": params(self.trunk), "experts": params(self.experts), "gates": params(self.gates),
-                  **{f"head:{t}": params(h) for t, h in self.heads.items()}}
-        return {k: v for k, v in groups.items() if v}
+        self.assemble(f, n, tasks, {t: DSelectKGate(f.gate_in[0], n, k, gamma, entropy_weight, routing, f.gate_pool)
+                                    for t in self.task_names})

@@ -45,9 +45,13 @@ class MMoE(MTLModel):
         super().__init__(tasks)
         n = positive(num_experts, "num_experts", "mmoe")
         f = ExpertFactory(backbone_fn, "mmoe", expert_blocks, expert_hidden, 1, gate_pool)
+        self.assemble(f, n, tasks, {t: f.gate(0, n) for t in self.task_names})
+
+    def assemble(self, f: ExpertFactory, n: int, tasks, gates: dict) -> None:
+        """Trunk, n experts, one gate per task (``gates``), heads; shared by DSelect-k."""
         self.trunk = f.trunk
         self.experts = nn.ModuleList(f.make() for _ in range(n))
-        self.gates = nn.ModuleDict({t: f.gate(0, n) for t in self.task_names})
+        self.gates = nn.ModuleDict(gates)
         self.heads = f.heads(tasks)
         self.gate_stats = GateStats({t: [f"e{i}" for i in range(n)] for t in self.task_names})
 

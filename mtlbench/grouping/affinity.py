@@ -82,11 +82,8 @@ def lookahead_affinity(model, batch: Batch, tasks, lookahead_lr: float) -> np.nd
                 ahead = task_losses(lambda x: functional_call(model, moved, (x,)), batch, tasks)
             ratio = (ahead / base.clamp_min(1e-12)).cpu().numpy()
             z[i] = np.where(present, 1.0 - ratio, np.nan)
-            bad = [j for j in range(T) if present[j] and not np.isfinite(z[i, j])]
-            if bad:
-                raise TrainingError(f"non-finite lookahead affinity Z[{tasks[i].name} -> {tasks[bad[0]].name}] "
-                                    f"(the lookahead step diverged); lower procedure.lookahead_lr "
-                                    f"(got {lookahead_lr:g})")
+            _check_row(z, i, present, tasks, f"the lookahead step diverged); lower procedure.lookahead_lr "
+                                             f"(got {lookahead_lr:g})")
     finally:
         model.train(was_training)
     return z
@@ -156,17 +153,22 @@ def optimizer_affinity(model, batch: Batch, tasks, optimizer: torch.optim.Optimi
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 ahead = task_losses(lambda x: functional_call(model, moved, (x,)), batch, tasks)
             z[i] = np.where(present, (1.0 - (ahead / base.clamp_min(1e-12)).cpu().numpy()) / lr, np.nan)
-            bad = [j for j in range(T) if present[j] and not np.isfinite(z[i, j])]
-            if bad:
-                raise TrainingError(f"non-finite lookahead affinity Z[{tasks[i].name} -> {tasks[bad[0]].name}] "
-                                    f"(the optimiser's lookahead step diverged); lower trainer.optimizer.lr "
-                                    f"(got {lr:g}) or use procedure.lookahead=sgd_probe")
+            _check_row(z, i, present, tasks, f"the optimiser's lookahead step diverged); lower "
+                                             f"trainer.optimizer.lr (got {lr:g}) or use procedure.lookahead=sgd_probe")
     finally:
         with torch.no_grad():
             for n, b in model.named_buffers():
                 b.copy_(saved[n])
         model.train(was_training)
     return z
+
+
+def _check_row(z: np.ndarray, i: int, present: np.ndarray, tasks, why: str) -> None:
+    """Row i of Z must be finite where task j is present; else one line (``why`` closes the
+    parenthesis opened here and names the setting to change)."""
+    bad = [j for j in range(len(tasks)) if present[j] and not np.isfinite(z[i, j])]
+    if bad:
+        raise TrainingError(f"non-finite lookahead affinity Z[{tasks[i].name} -> {tasks[bad[0]].name}] ({why}")
 
 
 def _check_finite(batch: Batch, tasks, base: torch.Tensor) -> None:
