@@ -1,10 +1,13 @@
 """Helpers of the Pareto balancers (not a registered method): the Euclidean projection onto
 the probability simplex; per-task simplex state restricted to the tasks present in a batch
 (an absent task keeps its entry; the present ones are updated on their own simplex and put
-back with the mass they held); the norm clip of a shared update."""
+back with the mass they held); the norm clip of a shared update and ``ClippedBalancer``, the
+base of the methods that clip it (Nash-MTL, FairGrad, SDMGrad)."""
 from __future__ import annotations
 
 import torch
+
+from mtlbench.core.gradient import GradientBalancer
 
 
 def project_simplex(v: torch.Tensor) -> torch.Tensor:
@@ -51,3 +54,28 @@ def clip(d: torch.Tensor, w: torch.Tensor, max_norm: float):
             c = max_norm / (norm + 1e-6)
             return d * c, w * c, True
     return d, w, False
+
+
+class ClippedBalancer(GradientBalancer):
+    """A gradient balancer whose shared update is clipped to norm ``self.max_norm`` (0: no
+    clip; set by the subclass); the clipped steps are counted and logged per epoch as
+    ``clipped_steps`` (and kept in checkpoints)."""
+
+    state_fields = GradientBalancer.state_fields + ("_clipped",)
+
+    def __init__(self, task_names, mode: str = "parameters"):
+        super().__init__(task_names, mode=mode)
+        self.max_norm = 0.0
+        self._clipped = 0
+
+    def clipped(self, d: torch.Tensor, w: torch.Tensor):
+        """``clip(d, w, max_norm)`` without its flag, counted."""
+        d, w, was = clip(d, w, self.max_norm)
+        self._clipped += int(was)
+        return d, w
+
+    def epoch_end(self, train_losses):
+        state = super().epoch_end(train_losses)
+        state["clipped_steps"] = self._clipped
+        self._clipped = 0
+        return state

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares
 
-from mtlbench.core.gradient import GradientBalancer
 from mtlbench.core.registry import BALANCERS
-from mtlbench.methods._pareto import clip
+from mtlbench.methods._pareto import ClippedBalancer
 
 
 def fairgrad_weights(gram: np.ndarray, alpha: float = 2.0) -> np.ndarray:
@@ -49,18 +48,18 @@ def fairgrad_weights(gram: np.ndarray, alpha: float = 2.0) -> np.ndarray:
 
 
 @BALANCERS.register("fairgrad")
-class FairGrad(GradientBalancer):
+class FairGrad(ClippedBalancer):
     """``alpha`` (2.0), ``max_norm`` (1.0; 0 = no clip), ``mode`` (parameters only)."""
 
     modes = ("parameters",)
-    state_fields = GradientBalancer.state_fields + ("_residual", "_clipped")
+    state_fields = ClippedBalancer.state_fields + ("_residual",)
 
     def __init__(self, task_names, alpha: float = 2.0, max_norm: float = 1.0, mode: str = "parameters"):
         super().__init__(task_names, mode=mode)
         if not float(alpha) > 0 or float(max_norm) < 0:
             raise ValueError(f"balancer.alpha must be > 0 and balancer.max_norm >= 0 (got {alpha}, {max_norm})")
         self.alpha, self.max_norm = float(alpha), float(max_norm)
-        self._residual, self._clipped = 0.0, 0
+        self._residual = 0.0
 
     def aggregate(self, grads, losses):
         gram = (grads @ grads.T).double().cpu().numpy()  # the one host sync of the step
@@ -68,13 +67,11 @@ class FairGrad(GradientBalancer):
         target = np.power(1.0 / np.maximum(w, 1e-300), 1.0 / self.alpha)
         self._residual += float(np.max(np.abs(gram @ w - target) / target))
         w = torch.as_tensor(w * len(w), dtype=grads.dtype, device=grads.device)
-        d, w, clipped = clip(w @ grads, w, self.max_norm)
-        self._clipped += int(clipped)
-        return d, w
+        return self.clipped(w @ grads, w)
 
     def epoch_end(self, train_losses):
         steps = max(float(self.steps), 1.0)
         state = super().epoch_end(train_losses)
-        state.update(residual=self._residual / steps, clipped_steps=self._clipped)
-        self._residual, self._clipped = 0.0, 0
+        state["residual"] = self._residual / steps
+        self._residual = 0.0
         return state

@@ -53,9 +53,8 @@ import functools
 import numpy as np
 import torch
 
-from mtlbench.core.gradient import GradientBalancer
 from mtlbench.core.registry import BALANCERS
-from mtlbench.methods._pareto import clip
+from mtlbench.methods._pareto import ClippedBalancer
 
 EXTRA = "pip install -e \".[pareto]\""
 
@@ -103,12 +102,12 @@ def nash_weights(gram: np.ndarray, start: np.ndarray, niter: int = 20, solver: s
 
 
 @BALANCERS.register("nash_mtl")
-class NashMTL(GradientBalancer):
+class NashMTL(ClippedBalancer):
     """``update_weights_every`` (1), ``optim_niter`` (20), ``max_norm`` (1.0; 0 = no clip),
     ``solver`` (CLARABEL), ``mode`` (parameters only)."""
 
     modes = ("parameters",)
-    state_fields = GradientBalancer.state_fields + ("_rounds", "_failures", "_clipped")
+    state_fields = ClippedBalancer.state_fields + ("_rounds", "_failures")
 
     def __init__(self, task_names, update_weights_every: int = 1, optim_niter: int = 20, max_norm: float = 1.0,
                  solver: str = "CLARABEL", mode: str = "parameters"):
@@ -123,7 +122,7 @@ class NashMTL(GradientBalancer):
         self.max_norm, self.solver = float(max_norm), str(solver).upper()
         self.register_buffer("alpha", torch.ones(len(self.task_names), dtype=torch.float64))  # the last solution
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self._rounds, self._failures, self._clipped = 0, 0, 0
+        self._rounds, self._failures = 0, 0
 
     def aggregate(self, grads, losses):
         idx = self.active_index
@@ -134,13 +133,11 @@ class NashMTL(GradientBalancer):
             self._rounds, self._failures = self._rounds + rounds, self._failures + int(failed)
         self.step += 1
         w = self.alpha[idx].to(grads.dtype)
-        d, w, clipped = clip(w @ grads, w, self.max_norm)
-        self._clipped += int(clipped)
-        return d, w
+        return self.clipped(w @ grads, w)
 
     def epoch_end(self, train_losses):
         steps = max(float(self.steps), 1.0)
         state = super().epoch_end(train_losses)
-        state.update(solver_rounds=self._rounds / steps, failed_solves=self._failures, clipped_steps=self._clipped)
-        self._rounds, self._failures, self._clipped = 0, 0, 0
+        state.update(solver_rounds=self._rounds / steps, failed_solves=self._failures)
+        self._rounds, self._failures = 0, 0
         return state

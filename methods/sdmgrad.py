@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import torch
 
-from mtlbench.core.gradient import GradientBalancer
 from mtlbench.core.registry import BALANCERS
-from mtlbench.methods._pareto import clip, project_simplex, put_back, restrict
+from mtlbench.methods._pareto import ClippedBalancer, project_simplex, put_back, restrict
 
 
 def sdmgrad_inner(gram: torch.Tensor, w: torch.Tensor, lamda: float, niter: int, lr: float = 10.0,
@@ -60,12 +59,11 @@ def sdmgrad_inner(gram: torch.Tensor, w: torch.Tensor, lamda: float, niter: int,
 
 
 @BALANCERS.register("sdmgrad")
-class SDMGrad(GradientBalancer):
+class SDMGrad(ClippedBalancer):
     """``lamda`` (0.3), ``niter`` (20), ``lr`` (10), ``momentum`` (0.5), ``max_norm`` (1.0; 0 =
     none), ``mode`` (parameters only)."""
 
     modes = ("parameters",)
-    state_fields = GradientBalancer.state_fields + ("_clipped",)
 
     def __init__(self, task_names, lamda: float = 0.3, niter: int = 20, lr: float = 10.0, momentum: float = 0.5,
                  max_norm: float = 1.0, mode: str = "parameters"):
@@ -78,7 +76,6 @@ class SDMGrad(GradientBalancer):
         k = len(self.task_names)
         self.register_buffer("w", torch.full((k,), 1.0 / k, dtype=torch.float64))
         self.register_buffer("w_sum", torch.zeros(k, dtype=torch.float64))
-        self._clipped = 0
 
     def aggregate(self, grads, losses):
         idx = self.active_index
@@ -88,16 +85,12 @@ class SDMGrad(GradientBalancer):
         self.w_sum.index_add_(0, idx, sub)
         k = len(sub)
         eff = (k * (sub + self.lamda / k) / (1.0 + self.lamda)).to(grads.dtype)
-        d, eff, clipped = clip(eff @ grads, eff, self.max_norm)
-        self._clipped += int(clipped)
-        return d, eff
+        return self.clipped(eff @ grads, eff)
 
     def epoch_end(self, train_losses):
         steps = float(self.steps)
         state = super().epoch_end(train_losses)
         if steps:
             state["simplex_weights"] = dict(zip(self.task_names, (self.w_sum / steps).tolist()))
-        state["clipped_steps"] = self._clipped
         self.w_sum.zero_()
-        self._clipped = 0
         return state
